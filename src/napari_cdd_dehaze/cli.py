@@ -1,0 +1,131 @@
+"""``cdd-dehaze``: train, apply and make demo data from the command line (a thin shell over the core)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import PRESETS, preset
+from .data import DataError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .trainer import Trainer, resume_config
+
+    if args.resume:  # only how long and where a resumed run goes on may change
+        config = resume_config(args.out, steps=args.steps, device=args.device, checkpoint_every=args.checkpoint_every)
+    else:
+        config = preset(args.preset, steps=args.steps, crop=args.crop, seed=args.seed, device=args.device, lr=args.lr,
+                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+    trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)
+    c = trainer.config
+    print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
+          f"from step {trainer.step} to {c.steps}; checkpoints in {Path(args.out) / 'checkpoints'}", file=sys.stderr)
+    bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    try:
+        for event in trainer.events():
+            if event.kind == "step":
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
+                                 if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
+            elif event.kind in ("checkpoint", "stopped", "finished"):
+                bar.write(f"{event.kind}: step {event.step} → {event.checkpoint}")
+    except KeyboardInterrupt:
+        trainer.request_stop()
+        bar.write("interrupted: saving a checkpoint (resume with --resume)")
+        for event in trainer.events():
+            pass
+    finally:
+        bar.close()
+    print(f"model: {Path(args.out) / 'restorer.safetensors'}", file=sys.stderr)
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from .checkpoint import load_restorer
+    from .image_files import ImageReadError, read_image, write_image
+    from .restore import restore_array
+    from .trainer import pick_device
+
+    device = pick_device(args.device)
+    restorer = load_restorer(args.model)
+    out_dir = Path(args.out)
+    failed = 0
+    for name in args.images:
+        path = Path(name)
+        try:
+            image = read_image(path)
+            restored = restore_array(restorer, image, device)
+            suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
+            target = out_dir / (path.stem + suffix)
+            write_image(target, restored)
+            print(f"{path} → {target}", file=sys.stderr)
+        except (ImageReadError, ValueError, OSError) as exc:
+            failed += 1
+            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            print(f"error: {message}", file=sys.stderr)
+    if failed:
+        print(f"error: {failed} of {len(args.images)} image(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from .synthesis import write_demo_folders
+
+    for name, folder in write_demo_folders(args.out, seed=args.seed).items():
+        print(f"{name}: {folder}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration with CDD-GAN.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train or finetune on two unpaired folders")
+    train.add_argument("--degraded", required=True, help="folder of degraded (e.g. hazy) images, read recursively")
+    train.add_argument("--clean", required=True, help="folder of clean images of other scenes, read recursively")
+    train.add_argument("--out", required=True, help="run folder: checkpoints and restorer.safetensors go here")
+    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="configuration preset (default: cpu)")
+    train.add_argument("--steps", type=int, help="total training steps")
+    train.add_argument("--crop", type=int, help="crop size in pixels (multiple of 4)")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
+    train.add_argument("--init", help="start from the weights of this run, checkpoint or .safetensors file")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    train.set_defaults(run=_train)
+
+    apply = sub.add_parser("apply", help="restore images with a trained model")
+    apply.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files")
+    apply.add_argument("--out", required=True, help="folder for the restored images (same names, shapes, dtypes)")
+    apply.add_argument("--model", required=True, help="run folder, checkpoint folder or .safetensors file")
+    apply.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    apply.set_defaults(run=_apply)
+
+    synth = sub.add_parser("synth-haze", help="write a small unpaired hazy/clean demo set from scikit-image photos")
+    synth.add_argument("out", help="folder to create (degraded/, clean/, test/hazy, test/clear)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+            return args.run(args)
+    except (DataError, CheckpointError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

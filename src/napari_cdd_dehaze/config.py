@@ -1,0 +1,134 @@
+"""Training configuration: one typed record, named presets, validated once and saved with every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .losses import GAN_MODES
+from .networks import GeneratorConfig
+
+METHODS = ("cdd-gan",)
+NEGATIVE_MODES = ("internal", "generated", "both")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes.
+
+    The defaults are the ``paper`` preset (see :data:`PRESETS` for where each value comes from).
+    """
+
+    method: str = "cdd-gan"
+    # networks
+    channels: int = 3
+    width: int = 64
+    blocks: int = 9
+    upsample: str = "resize"
+    disc_width: int = 64
+    # data
+    crop: int = 256
+    load_size: int = 0          # short side rescaled to this before cropping; 0 keeps the image's own size
+    batch_size: int = 1
+    # optimisation
+    steps: int = 400_000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_from: float = 0.5     # fraction of ``steps`` after which the learning rate decays linearly to 0
+    gan_mode: str = "lsgan"
+    # objective weights
+    lambda_gan: float = 1.0
+    lambda_nce: float = 2.0
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 1.0
+    lambda_diversity: float = 0.1
+    # contrastive terms
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
+    num_patches: int = 256
+    temperature: float = 0.07
+    negatives: str = "both"     # in-image ("internal"), "generated" by the negative generators, or "both"
+    head_dim: int = 256
+    noise_dim: int = 64
+    head_momentum: float = 0.999
+    generator_ema: float = 0.999  # EMA of the restorer's weights (the model to ship); 0 disables
+    # run
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "auto"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.nce_layers = tuple(int(i) for i in self.nce_layers)
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.gan_mode in GAN_MODES, f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}"),
+            (self.negatives in NEGATIVE_MODES, f"negatives must be one of {NEGATIVE_MODES}, got {self.negatives!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.crop >= 16 and self.crop % 4 == 0, f"crop must be a multiple of 4 and at least 16, got {self.crop}"),
+            (self.load_size == 0 or self.load_size >= self.crop,
+             f"load_size ({self.load_size}) must be 0 or at least crop ({self.crop})"),
+            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.num_patches >= 2, f"num_patches must be at least 2, got {self.num_patches}"),
+            (0 <= self.decay_from <= 1, f"decay_from must lie in [0, 1], got {self.decay_from}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (len(self.nce_layers) > 0, "nce_layers must name at least one encoder layer"),
+            (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
+            (self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        encoder_layers = 10 + self.blocks
+        bad = [i for i in self.nce_layers if not 0 <= i < encoder_layers]
+        if bad:
+            raise ValueError(f"nce_layers {bad} lie outside the encoder (layers 0..{encoder_layers - 1} "
+                             f"for {self.blocks} residual blocks)")
+        self.generator_config()  # validates channels/width/blocks/upsample
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"], d["nce_layers"] = list(self.betas), list(self.nce_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict] = {
+    # The lineage's values (CUT/NEGCUT/DCLGAN): width 64, 9 blocks, 256² crops, Adam 2e-4 (0.5, 0.999),
+    # τ 0.07, 256 patches, layers 0,4,8,12,16, λ_GAN 1, λ_NCE 2 and λ_idt 1 (DCLGAN), λ_cyc 10 (CycleGAN,
+    # whose framework CDD-GAN names), constant lr for half the run then linear decay. Deviation:
+    # resize-then-convolve upsampling instead of transposed convolutions (no checkerboard texture).
+    "paper": {},
+    # Laptop/CPU finetuning: width 32, 6 blocks, 128² crops, 128 patches; layer 16 does not exist with
+    # 6 blocks, so the deepest tap is the last residual block (15). fp32: bf16 autocast pays off only on
+    # CPUs with native bf16 (avx512_bf16/AMX) and is ~10× slower on plain AVX2 (benchmarks/README.md).
+    "cpu": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=5000,
+                disc_width=32, checkpoint_every=250),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The named preset with ``overrides`` applied (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**values)
+

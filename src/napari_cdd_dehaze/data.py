@@ -1,0 +1,136 @@
+"""Unpaired training data: two folders of images (degraded, clean) that never show the same scene.
+
+Every random choice (which image, where to crop, whether to flip) comes from a ``torch.Generator``
+owned by the caller, so a run is repeatable from a seed and resumable from the generator's state.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .image_files import IMAGE_SUFFIXES, ImageReadError, IntensityMap, read_image, to_channels
+
+
+class DataError(ValueError):
+    """A training folder that cannot be used (missing, empty, nothing readable)."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder``, recursively, in a stable (sorted) order; hidden files skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist or is not a folder")
+    files = sorted(p for p in folder.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise DataError(f"image folder {folder} holds no PNG, JPEG or TIFF files")
+    return files
+
+
+class ImageFolder:
+    """The images of one domain, checked once up front and cached in their stored dtype.
+
+    Unreadable files are dropped with one warning that names them all; a folder with no readable
+    image is a :class:`DataError`. Images are converted to the model's channel count (grey repeated,
+    alpha dropped) and to [0, 1] by their dtype's range. The cache keeps decoded images in their
+    stored dtype up to ``cache_bytes``; later images are decoded again on every use.
+    """
+
+    def __init__(self, folder: str | Path, channels: int = 3, cache_bytes: int = 2 << 30) -> None:
+        self.folder, self.channels = Path(folder), channels
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_left = cache_bytes
+        self.files: list[Path] = []
+        skipped: list[str] = []
+        for path in list_images(self.folder):
+            try:
+                array = self._load_plane(path)
+            except (ImageReadError, ValueError) as exc:
+                skipped.append(f"{path.name} ({exc})" if not str(exc).startswith(str(path)) else str(exc))
+                continue
+            self._remember(len(self.files), array)
+            self.files.append(path)
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable file(s) in {self.folder}: " + "; ".join(skipped),
+                          stacklevel=2)
+        if not self.files:
+            raise DataError(f"image folder {self.folder} has no readable image ({len(skipped)} file(s) failed)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load_plane(self, path: Path) -> np.ndarray:
+        array = read_image(path)
+        if array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
+            array = array[0]  # first page of a stack
+        if array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4):
+            raise ImageReadError(f"{path}: unsupported layout {array.shape}")
+        if min(array.shape[:2]) < 4:
+            raise ImageReadError(f"{path}: image of {array.shape[1]}×{array.shape[0]} pixels is too small")
+        return array
+
+    def _remember(self, index: int, array: np.ndarray) -> None:
+        if array.nbytes <= self._cache_left:
+            self._cache[index] = array
+            self._cache_left -= array.nbytes
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a float tensor (channels, H, W) in [0, 1]."""
+        array = self._cache.get(index)
+        if array is None:
+            array = self._load_plane(self.files[index])
+        unit = IntensityMap.for_array(array).to_unit(array)
+        return torch.from_numpy(to_channels(unit, self.channels))
+
+
+def random_crop(image: torch.Tensor, crop: int, load_size: int, generator: torch.Generator,
+                flip: bool = True) -> torch.Tensor:
+    """A random ``crop``×``crop`` window of ``image`` (C, H, W), with a random horizontal flip.
+
+    With ``load_size`` > 0 the image is first rescaled so that its short side is ``load_size``. An
+    image whose short side is still below ``crop`` is **enlarged** (bilinear, aspect kept) so that its
+    short side equals ``crop``: enlarging keeps the picture natural, while padding would show the
+    discriminator mirrored borders that real images never have.
+    """
+    short = min(image.shape[-2:])
+    target_short = load_size if load_size > 0 else short
+    target_short = max(target_short, crop)
+    if target_short != short:
+        scale = target_short / short
+        size = (max(crop, round(image.shape[-2] * scale)), max(crop, round(image.shape[-1] * scale)))
+        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
+                              antialias=scale < 1)[0].clamp_(0, 1)
+    h, w = image.shape[-2:]
+    top = int(torch.randint(0, h - crop + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - crop + 1, (1,), generator=generator))
+    window = image[:, top:top + crop, left:left + crop]
+    if flip and bool(torch.randint(0, 2, (1,), generator=generator)):
+        window = window.flip(-1)
+    return window
+
+
+class UnpairedBatches:
+    """Endless stream of (degraded, clean) batches in [-1, 1], shape (B, C, crop, crop) each.
+
+    The degraded and clean images of a batch are drawn independently: nothing pairs them.
+    """
+
+    def __init__(self, degraded: ImageFolder, clean: ImageFolder, crop: int, batch_size: int = 1,
+                 load_size: int = 0) -> None:
+        self.degraded, self.clean = degraded, clean
+        self.crop, self.batch_size, self.load_size = crop, batch_size, load_size
+
+    def sample(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._batch(self.degraded, generator), self._batch(self.clean, generator)
+
+    def _batch(self, folder: ImageFolder, generator: torch.Generator) -> torch.Tensor:
+        crops = []
+        for _ in range(self.batch_size):
+            index = int(torch.randint(0, len(folder), (1,), generator=generator))
+            crops.append(random_crop(folder.image(index), self.crop, self.load_size, generator))
+        return torch.stack(crops) * 2 - 1

@@ -1,0 +1,148 @@
+"""Reading and writing image files, and the reversible map between a file's intensities and [0, 1].
+
+PNG goes through imagecodecs (Pillow truncates 16-bit colour PNGs to 8 bits), JPEG through Pillow (with
+the EXIF orientation applied), TIFF through tifffile (multi-page files come back as stacks).
+"""
+from __future__ import annotations
+
+import io as _io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """A file that is not a readable image (wrong format, truncated, unsupported layout)."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG, JPEG or TIFF as stored: (H, W), (H, W, C) or, for multi-page TIFF, (N, H, W[, C])."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageReadError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+            array = tifffile.imread(path)
+        elif suffix == ".png":
+            import imagecodecs
+            array = imagecodecs.png_decode(path.read_bytes())
+        else:
+            from PIL import Image, ImageOps
+            with Image.open(path) as im:
+                array = np.asarray(ImageOps.exif_transpose(im))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # every decoder has its own exception types
+        raise ImageReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
+    array = np.asarray(array)
+    if array.ndim < 2 or array.size == 0:
+        raise ImageReadError(f"{path}: decoded to an empty or 1-D array of shape {array.shape}")
+    return array
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``array`` in the format named by the suffix; the file appears atomically (temp + rename)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+        buffer = _io.BytesIO()
+        tifffile.imwrite(buffer, array, photometric="rgb" if array.ndim >= 3 and array.shape[-1] in (3, 4) else None)
+        data = buffer.getvalue()
+    elif suffix == ".png":
+        import imagecodecs
+        data = imagecodecs.png_encode(np.ascontiguousarray(array))
+    elif suffix in (".jpg", ".jpeg"):
+        from PIL import Image
+        if array.dtype != np.uint8:
+            raise ValueError(f"{path}: JPEG holds 8-bit images only, got {array.dtype}; write PNG or TIFF instead")
+        buffer = _io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+        data = buffer.getvalue()
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    atomic_write_bytes(path, data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """Reversible map between stored intensities and [0, 1].
+
+    Integers use their dtype's full range (uint8 /255, uint16 /65535), so a round trip is exact up to
+    rounding. Floats already within [0, 1] are kept; other floats are scaled by their robust range
+    (the ``low``/``high`` percentiles) and mapped back to that range afterwards.
+    """
+
+    dtype: np.dtype
+    low: float
+    high: float
+
+    @classmethod
+    def for_array(cls, array: np.ndarray, percentiles: tuple[float, float] = (0.1, 99.9)) -> "IntensityMap":
+        dtype = np.dtype(array.dtype)
+        if dtype == np.bool_:
+            return cls(dtype, 0.0, 1.0)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            return cls(dtype, float(max(info.min, 0)), float(info.max))
+        if not np.all(np.isfinite(array)):
+            raise ValueError("image contains NaN or infinite values; replace them before restoring")
+        lo, hi = float(array.min()), float(array.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return cls(dtype, 0.0, 1.0)
+        lo, hi = (float(v) for v in np.percentile(array, percentiles))
+        if hi <= lo:
+            hi = lo + 1.0
+        return cls(dtype, lo, hi)
+
+    def to_unit(self, array: np.ndarray) -> np.ndarray:
+        unit = (array.astype(np.float32) - self.low) / (self.high - self.low)
+        return np.clip(unit, 0.0, 1.0)
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        values = np.clip(unit, 0.0, 1.0) * (self.high - self.low) + self.low
+        if np.issubdtype(self.dtype, np.integer) or self.dtype == np.bool_:
+            return np.rint(values).astype(self.dtype)
+        return values.astype(self.dtype)
+
+
+def to_channels(unit: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W[, C]) in [0, 1] → (channels, H, W): grey is repeated, alpha dropped, RGB→grey by luminance."""
+    if unit.ndim == 2:
+        unit = unit[..., None]
+    if unit.ndim != 3:
+        raise ValueError(f"expected a 2-D image (H, W) or (H, W, C), got shape {unit.shape}")
+    c = unit.shape[-1]
+    if c in (2, 4):  # grey+alpha, RGB+alpha
+        unit, c = unit[..., :c - 1], c - 1
+    if c == channels:
+        out = unit
+    elif c == 1:
+        out = np.repeat(unit, channels, axis=-1)
+    elif c == 3 and channels == 1:
+        out = unit @ np.array([[0.2126], [0.7152], [0.0722]], dtype=unit.dtype)
+    else:
+        raise ValueError(f"cannot feed a {c}-channel image to a {channels}-channel model")
+    return np.ascontiguousarray(out.transpose(2, 0, 1))

@@ -1,0 +1,209 @@
+"""Networks of the CUT/CycleGAN family, written for contrastive training.
+
+* :class:`ResnetGenerator` — encoder (stem, two stride-2 downsamplings, residual blocks) and decoder
+  (two upsamplings, output conv, tanh). The encoder is one flat ``nn.Sequential`` so that a feature tap is
+  named by a layer index: with the default layout, index 0 is the reflection-padded input, 4 the first
+  downsampling conv, 8 the second downsampling's norm, 10… the residual blocks (the ``--no_antialias``
+  indexing of CUT, so the lineage's layer lists ``0,4,8,12,16`` mean the same thing here).
+* :class:`PatchDiscriminator` — the 70×70 PatchGAN.
+* :class:`ProjectionHeads` — one 2-layer MLP per tapped layer, built eagerly from known channel counts
+  (lazy creation on the first batch breaks optimiser construction, weight loading and DDP wrapping).
+* :class:`NegativeGenerator` — per tapped layer, maps (pooled key feature, Gaussian noise) to K
+  L2-normalised negatives in the heads' output space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What is needed to rebuild a generator from its weights (stored in every checkpoint)."""
+
+    channels: int = 3
+    width: int = 64
+    blocks: int = 9
+    upsample: str = "resize"  # "resize" (nearest ×2 then conv: no checkerboard) or "transpose"
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.width < 1 or self.blocks < 1:
+            raise ValueError(f"channels, width and blocks must be positive, got {self}")
+        if self.upsample not in ("resize", "transpose"):
+            raise ValueError(f"upsample must be 'resize' or 'transpose', got {self.upsample!r}")
+
+
+def _conv_norm_relu(cin: int, cout: int, **conv_kw) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, **conv_kw), nn.InstanceNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), *_conv_norm_relu(channels, channels, kernel_size=3),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, kernel_size=3), nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Image-to-image ResNet generator; input and output in [-1, 1], spatial size a multiple of 4."""
+
+    def __init__(self, config: GeneratorConfig = GeneratorConfig()) -> None:
+        super().__init__()
+        self.config = config
+        c, w = config.channels, config.width
+        encoder: list[nn.Module] = [nn.ReflectionPad2d(3), *_conv_norm_relu(c, w, kernel_size=7)]
+        for mult in (1, 2):
+            encoder += _conv_norm_relu(w * mult, w * mult * 2, kernel_size=3, stride=2, padding=1)
+        encoder += [ResidualBlock(w * 4) for _ in range(config.blocks)]
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = []
+        for mult in (4, 2):
+            if config.upsample == "resize":
+                decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                            *_conv_norm_relu(w * mult, w * mult // 2, kernel_size=3)]
+            else:
+                decoder += [nn.ConvTranspose2d(w * mult, w * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                            nn.InstanceNorm2d(w * mult // 2), nn.ReLU(inplace=True)]
+        decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
+        self.decoder = nn.Sequential(*decoder)
+
+    def layer_channels(self, layers: tuple[int, ...]) -> list[int]:
+        """Channel count of the encoder output at each tapped layer index."""
+        counts, channels = [], self.config.channels
+        for layer in self.encoder:
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            counts.append(channels)
+        self._check_layers(layers)
+        return [counts[i] for i in layers]
+
+    def _check_layers(self, layers: tuple[int, ...]) -> None:
+        bad = [i for i in layers if not 0 <= i < len(self.encoder)]
+        if bad:
+            raise ValueError(f"encoder layer indices {bad} out of range: this encoder has layers 0..{len(self.encoder) - 1} "
+                             f"({self.config.blocks} residual blocks)")
+
+    def forward(self, x: torch.Tensor, layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Translate ``x``; with ``layers``, also return the encoder features tapped at those indices.
+
+        One pass gives both the image and the features, so a contrastive loss never needs a second
+        encoder pass over an image that was just translated.
+        """
+        if not layers:
+            return self.decoder(self.encoder(x))
+        features = self.encode(x, layers, stop_early=False)
+        out = self.decoder(features.pop())
+        return out, features
+
+    def encode(self, x: torch.Tensor, layers: tuple[int, ...], stop_early: bool = True) -> list[torch.Tensor]:
+        """Encoder features at ``layers``; with ``stop_early`` the encoder stops after the last tap.
+
+        Without ``stop_early`` the final encoder output is appended as an extra last element.
+        """
+        self._check_layers(layers)
+        wanted, last = set(layers), max(layers)
+        features = []
+        for index, layer in enumerate(self.encoder):
+            x = layer(x)
+            if index in wanted:
+                features.append(x)
+            if stop_early and index == last:
+                break
+        if not stop_early:
+            features.append(x)
+        return features
+
+
+class PatchDiscriminator(nn.Module):
+    """70×70 PatchGAN: a map of real/fake scores, one per overlapping 70×70 patch."""
+
+    def __init__(self, channels: int = 3, width: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        seq: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        mult = 1
+        for n in range(1, layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < layers else 1
+            seq += [nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1),
+                    nn.InstanceNorm2d(width * mult), nn.LeakyReLU(0.2, inplace=True)]
+        seq += [nn.Conv2d(width * mult, 1, 4, stride=1, padding=1)]
+        self.model = nn.Sequential(*seq)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
+
+
+class ProjectionHeads(nn.Module):
+    """One 2-layer MLP per tapped encoder layer; outputs are L2-normalised."""
+
+    def __init__(self, in_channels: list[int], dim: int = 256) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(_mlp(c, dim, dim) for c in in_channels)
+
+    def forward(self, layer: int, vectors: torch.Tensor) -> torch.Tensor:
+        """Project ``vectors`` (..., C) of tapped layer number ``layer`` (position in the tap list)."""
+        return F.normalize(self.mlps[layer](vectors), dim=-1)
+
+
+def sample_patches(features: list[torch.Tensor], count: int, generator: torch.Generator | None = None,
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pick ``count`` random spatial positions per layer (the same for every image in the batch).
+
+    Returns the picked feature vectors, shape (B, K, C) per layer, and the flat indices used, so that
+    the same positions can be read from another feature map of equal size.
+    """
+    picked, indices = [], []
+    for feat in features:
+        b, c, h, w = feat.shape
+        k = min(count, h * w)
+        idx = torch.randperm(h * w, generator=generator)[:k].to(feat.device)
+        picked.append(feat.flatten(2)[:, :, idx].transpose(1, 2))
+        indices.append(idx)
+    return picked, indices
+
+
+def gather_patches(features: list[torch.Tensor], indices: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Read the feature vectors at ``indices`` (from :func:`sample_patches`), shape (B, K, C)."""
+    return [feat.flatten(2)[:, :, idx].transpose(1, 2) for feat, idx in zip(features, indices)]
+
+
+class NegativeGenerator(nn.Module):
+    """Hard-negative generator ("negative adversary") of NEGCUT/CDD-GAN.
+
+    For each tapped layer it takes one pooled, projected key vector per image, repeats it K times,
+    appends K fresh Gaussian noise vectors and maps each through a small MLP to a unit vector, i.e.
+    K negatives per image that live in the projection heads' output space.
+    """
+
+    def __init__(self, layers: int, dim: int = 256, noise_dim: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.mlps = nn.ModuleList(_mlp(dim + noise_dim, hidden, dim) for _ in range(layers))
+
+    def forward(self, layer: int, pooled: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``pooled`` (B, D) and ``noise`` (B, K, noise_dim) → negatives (B, K, D), unit length."""
+        k = noise.shape[1]
+        x = torch.cat([pooled[:, None, :].expand(-1, k, -1), noise], dim=-1)
+        return F.normalize(self.mlps[layer](x), dim=-1)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """The lineage's N(0, 0.02) initialisation for conv and linear weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

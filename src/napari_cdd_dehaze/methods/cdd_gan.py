@@ -16,8 +16,9 @@ Every term is the mean of its two directions.
 """
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,32 @@ from ..losses import (diversity_loss, discriminator_loss, generator_adversarial_
                       negative_adversary_loss, patch_nce_loss)
 from ..networks import (NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator,
                         gather_patches, init_weights, sample_patches)
+
+
+@dataclass
+class Translations:
+    """Everything one forward of both directions produces (``same_*`` are None without identity loss)."""
+
+    fake_clean: torch.Tensor
+    fake_degraded: torch.Tensor
+    cycled_degraded: torch.Tensor
+    cycled_clean: torch.Tensor
+    same_clean: torch.Tensor | None
+    same_degraded: torch.Tensor | None
+    taps_degraded: list[torch.Tensor]       # G's encoder on the degraded input (keys, degraded→clean)
+    taps_clean: list[torch.Tensor]          # F's encoder on the clean input (keys, clean→degraded)
+    taps_fake_clean: list[torch.Tensor]     # F's encoder on G(x) (queries, degraded→clean)
+    taps_fake_degraded: list[torch.Tensor]  # G's encoder on F(y) (queries, clean→degraded)
+
+
+@dataclass
+class ContrastPairs:
+    """One direction's projected queries and keys per layer, pooled momentum keys, and its negative generator."""
+
+    queries: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    pooled: list[torch.Tensor]
+    generator: NegativeGenerator
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -85,60 +112,33 @@ class CDDGAN(nn.Module):
                       optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator) -> dict[str, float]:
         """D → N → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums."""
         c = self.config
-        layers, b = c.nce_layers, degraded.shape[0]
-        use_identity = c.lambda_identity > 0
+        out = self.translate(degraded, clean)
 
-        with self._autocast():
-            # Forward both directions; the identity images ride in the same batch (InstanceNorm is per image).
-            out, feats_of_degraded = self.restorer(torch.cat([degraded, clean]) if use_identity else degraded, layers)
-            fake_clean, same_clean = out[:b], out[b:]
-            out, feats_of_clean = self.degrader(torch.cat([clean, degraded]) if use_identity else clean, layers)
-            fake_degraded, same_degraded = out[:b], out[b:]
-            cycled_degraded, feats_of_fake_clean = self.degrader(fake_clean, layers)
-            cycled_clean, feats_of_fake_degraded = self.restorer(fake_degraded, layers)
-
-        # 1. Critics.
+        # 1. Critics, on detached outputs.
         self.critic_clean.requires_grad_(True)
         self.critic_degraded.requires_grad_(True)
         with self._autocast():
             loss_critics = 0.5 * (
-                discriminator_loss(self.critic_clean(clean), self.critic_clean(fake_clean.detach()), c.gan_mode)
-                + discriminator_loss(self.critic_degraded(degraded), self.critic_degraded(fake_degraded.detach()),
+                discriminator_loss(self.critic_clean(clean), self.critic_clean(out.fake_clean.detach()), c.gan_mode)
+                + discriminator_loss(self.critic_degraded(degraded), self.critic_degraded(out.fake_degraded.detach()),
                                      c.gan_mode))
         self._update(optimisers["critics"], loss_critics)
 
-        # Contrast pairs of both directions: keys from the input's encoding (own encoder), queries from the
-        # output's encoding by the other generator's encoder, sampled at the same positions.
-        directions = []
-        for keys_feats, query_feats, key_heads, query_heads, momentum_heads, negatives in (
-                (feats_of_degraded, feats_of_fake_clean, self.heads_restorer, self.heads_degrader,
-                 self.momentum_heads_restorer, self.negatives_restorer),
-                (feats_of_clean, feats_of_fake_degraded, self.heads_degrader, self.heads_restorer,
-                 self.momentum_heads_degrader, self.negatives_degrader)):
-            keys_feats = [f[:b] for f in keys_feats]
-            key_vectors, positions = sample_patches(keys_feats, c.num_patches, rng)
-            query_vectors = gather_patches(query_feats, positions)
-            with self._autocast():
-                keys = [key_heads(i, v) for i, v in enumerate(key_vectors)]
-                queries = [query_heads(i, v) for i, v in enumerate(query_vectors)]
-                with torch.no_grad():
-                    pooled = [momentum_heads(i, f.mean(dim=(2, 3))) for i, f in enumerate(keys_feats)]
-            directions.append((queries, keys, pooled, negatives))
-
-        # 2. Negative generators: make the contrast harder for fixed queries/keys, stay diverse.
-        loss_adversary, loss_diversity = self._negative_losses(directions, rng, train=True)
+        # 2. Negative generators: make the contrast harder for fixed queries/keys, and stay diverse.
+        pairs = self.contrast_pairs(out, rng)
+        loss_adversary, loss_diversity = self.negative_losses(pairs, rng)
         self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity)
 
         # 3. Generators and heads, against fresh negatives from the updated (now frozen) negative generators.
         self.critic_clean.requires_grad_(False)
         self.critic_degraded.requires_grad_(False)
         with self._autocast():
-            loss_gan = 0.5 * (generator_adversarial_loss(self.critic_clean(fake_clean), c.gan_mode)
-                              + generator_adversarial_loss(self.critic_degraded(fake_degraded), c.gan_mode))
-            loss_nce = self._nce(directions, rng)
-            loss_cycle = 0.5 * (l1_loss(cycled_degraded, degraded) + l1_loss(cycled_clean, clean))
-            loss_identity = (0.5 * (l1_loss(same_clean, clean) + l1_loss(same_degraded, degraded))
-                             if use_identity else torch.zeros((), device=degraded.device))
+            loss_gan = 0.5 * (generator_adversarial_loss(self.critic_clean(out.fake_clean), c.gan_mode)
+                              + generator_adversarial_loss(self.critic_degraded(out.fake_degraded), c.gan_mode))
+            loss_nce = self.nce_loss(pairs, rng)
+            loss_cycle = 0.5 * (l1_loss(out.cycled_degraded, degraded) + l1_loss(out.cycled_clean, clean))
+            loss_identity = (0.5 * (l1_loss(out.same_clean, clean) + l1_loss(out.same_degraded, degraded))
+                             if out.same_clean is not None else torch.zeros((), device=degraded.device))
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
         self._update(optimisers["generators"], loss_generators)
@@ -155,35 +155,76 @@ class CDDGAN(nn.Module):
         return {name: float(value.detach()) for name, value in terms.items()}
 
     # ------------------------------------------------------------------ pieces of the step
-    def _negative_losses(self, directions, rng: torch.Generator, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean over directions and layers of (−PatchNCE with generated negatives, diversity term)."""
+    def translate(self, degraded: torch.Tensor, clean: torch.Tensor) -> Translations:
+        """Both directions, their cycles and (if weighted) identities, with the encoder taps the contrast reads.
+
+        Identity images ride in the same batch as the translations (InstanceNorm is per image).
+        """
+        layers, b = self.config.nce_layers, degraded.shape[0]
+        identity = self.config.lambda_identity > 0
+        with self._autocast():
+            out, taps_degraded = self.restorer(torch.cat([degraded, clean]) if identity else degraded, layers)
+            fake_clean, same_clean = out[:b], (out[b:] if identity else None)
+            out, taps_clean = self.degrader(torch.cat([clean, degraded]) if identity else clean, layers)
+            fake_degraded, same_degraded = out[:b], (out[b:] if identity else None)
+            cycled_degraded, taps_fake_clean = self.degrader(fake_clean, layers)
+            cycled_clean, taps_fake_degraded = self.restorer(fake_degraded, layers)
+        return Translations(fake_clean, fake_degraded, cycled_degraded, cycled_clean, same_clean, same_degraded,
+                            [t[:b] for t in taps_degraded], [t[:b] for t in taps_clean],
+                            taps_fake_clean, taps_fake_degraded)
+
+    def contrast_pairs(self, out: Translations, rng: torch.Generator) -> list[ContrastPairs]:
+        """Projected queries/keys of both directions at shared random positions, plus pooled momentum keys.
+
+        Direction degraded→clean: keys are G's encoding of x, queries F's encoding of G(x) (dual contrast);
+        the clean→degraded direction mirrors it.
+        """
+        pairs = []
+        for key_taps, query_taps, key_heads, query_heads, momentum_heads, negatives in (
+                (out.taps_degraded, out.taps_fake_clean, self.heads_restorer, self.heads_degrader,
+                 self.momentum_heads_restorer, self.negatives_restorer),
+                (out.taps_clean, out.taps_fake_degraded, self.heads_degrader, self.heads_restorer,
+                 self.momentum_heads_degrader, self.negatives_degrader)):
+            key_vectors, positions = sample_patches(key_taps, self.config.num_patches, rng)
+            query_vectors = gather_patches(query_taps, positions)
+            with self._autocast():
+                keys = [key_heads(i, v) for i, v in enumerate(key_vectors)]
+                queries = [query_heads(i, v) for i, v in enumerate(query_vectors)]
+                with torch.no_grad():  # pool first, then project: one vector per image, no graph
+                    pooled = [momentum_heads(i, t.detach().mean(dim=(2, 3))) for i, t in enumerate(key_taps)]
+            pairs.append(ContrastPairs(queries, keys, pooled, negatives))
+        return pairs
+
+    def negative_losses(self, pairs: list[ContrastPairs], rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over directions and layers of (−PatchNCE against generated negatives, diversity term)."""
         c = self.config
-        adversary, diversity, count = 0.0, 0.0, 0
         if c.negatives == "internal":
-            zero = torch.zeros((), device=directions[0][1][0].device, requires_grad=train)
-            return zero, zero.detach()
-        for queries, keys, pooled, negatives in directions:
-            for i, (q, k, p) in enumerate(zip(queries, keys, pooled)):
+            zero = torch.zeros((), device=pairs[0].keys[0].device)
+            return zero, zero
+        adversary, diversity, count = 0.0, 0.0, 0
+        for p in pairs:
+            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled)):
                 noise = self._noise(q, rng)
                 with self._autocast():
-                    generated = negatives(i, p, noise)
+                    generated = p.generator(i, pooled, noise)
                     adversary = adversary + negative_adversary_loss(q, k, generated, c.negatives == "both",
                                                                     c.temperature)
                     diversity = diversity + diversity_loss(generated, noise)
                 count += 1
         return adversary / count, diversity / count
 
-    def _nce(self, directions, rng: torch.Generator) -> torch.Tensor:
+    def nce_loss(self, pairs: list[ContrastPairs], rng: torch.Generator) -> torch.Tensor:
         """Dual PatchNCE, mean over directions and layers; generated negatives are fresh and constant here."""
         c = self.config
         total, count = 0.0, 0
-        for queries, keys, pooled, negatives in directions:
-            for i, (q, k, p) in enumerate(zip(queries, keys, pooled)):
+        for p in pairs:
+            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled)):
                 generated = None
                 if c.negatives != "internal":
-                    with torch.no_grad():
-                        generated = negatives(i, p, self._noise(q, rng))
-                total = total + patch_nce_loss(q, k, generated, c.negatives != "generated", c.temperature)
+                    with torch.no_grad(), self._autocast():
+                        generated = p.generator(i, pooled, self._noise(q, rng))
+                with self._autocast():
+                    total = total + patch_nce_loss(q, k, generated, c.negatives != "generated", c.temperature)
                 count += 1
         return total / count
 

@@ -1,0 +1,113 @@
+"""The CDD-GAN step: every named loss is optimised, and the negative generator plays against the generators."""
+import copy
+
+import pytest
+import torch
+
+from napari_cdd_dehaze.methods import build_method
+
+from conftest import tiny_config
+
+LOGGED = {"critics", "negative_adversary", "negative_diversity", "gan", "nce", "cycle", "identity", "generators"}
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+
+
+def _method(**changes):
+    torch.manual_seed(0)
+    return build_method(tiny_config(**changes))
+
+
+def _params_after_one_step(**changes):
+    m = _method(**changes)
+    m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    return m
+
+
+def test_step_logs_every_term_and_the_sum_is_the_weighted_terms():
+    m = _method()
+    losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    assert set(losses) == LOGGED
+    c = m.config
+    expected = (c.lambda_gan * losses["gan"] + c.lambda_nce * losses["nce"] + c.lambda_cycle * losses["cycle"]
+                + c.lambda_identity * losses["identity"])
+    assert losses["generators"] == pytest.approx(expected, rel=1e-5)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+@pytest.mark.parametrize("weight", ["lambda_gan", "lambda_nce", "lambda_cycle", "lambda_identity"])
+def test_each_generator_term_really_moves_the_generators(weight):
+    """Changing a term's weight changes the update of G: the term is in the optimised sum."""
+    base = _params_after_one_step()
+    changed = _params_after_one_step(**{weight: getattr(base.config, weight) * 3 + 1})
+    w0, w1 = base.restorer.encoder[1].weight, changed.restorer.encoder[1].weight
+    assert not torch.allclose(w0, w1)
+
+
+def test_diversity_term_moves_the_negative_generators():
+    base = _params_after_one_step()
+    changed = _params_after_one_step(lambda_diversity=5.0)
+    a = base.negatives_restorer.mlps[0][0].weight
+    b = changed.negatives_restorer.mlps[0][0].weight
+    assert not torch.allclose(a, b)
+    # and the critics' update does not depend on it (D is updated first, from the same forward)
+    assert torch.equal(base.critic_clean.model[0].weight, changed.critic_clean.model[0].weight)
+
+
+def _generated_nce(m, degraded, clean):
+    """NCE against generated negatives with fixed positions and noise (same seed each call)."""
+    rng = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        return m.nce_loss(m.contrast_pairs(m.translate(degraded, clean), rng), rng).item()
+
+
+def test_negative_generator_raises_the_nce_it_is_trained_against_and_the_g_step_lowers_it():
+    m = _method(negatives="generated", lr=1e-3)
+    opts = m.make_optimisers()
+    degraded, clean = _batch()
+    before = _generated_nce(m, degraded, clean)
+
+    rng = torch.Generator().manual_seed(7)
+    pairs = m.contrast_pairs(m.translate(degraded, clean), rng)
+    adversary, diversity = m.negative_losses(pairs, rng)
+    m._update(opts["negatives"], adversary + m.config.lambda_diversity * diversity)
+    after_negatives = _generated_nce(m, degraded, clean)
+    assert after_negatives > before + 1e-3
+
+    rng = torch.Generator().manual_seed(7)
+    pairs = m.contrast_pairs(m.translate(degraded, clean), rng)
+    m._update(opts["generators"], m.nce_loss(pairs, rng))
+    after_generators = _generated_nce(m, degraded, clean)
+    assert after_generators < after_negatives - 1e-3
+
+
+def test_negatives_keep_the_contrast_hard_during_training():
+    """DESIGN trap: in public NEGCUT runs the NCE against generated negatives fell to 0 at step 2."""
+    m = _method(negatives="generated", lr=1e-3)
+    opts, rng = m.make_optimisers(), torch.Generator().manual_seed(1)
+    degraded, clean = _batch()
+    nce = [m.training_step(degraded, clean, opts, rng)["nce"] for _ in range(12)]
+    assert min(nce) > 0.5, nce
+
+
+def test_momentum_heads_and_generator_ema_follow_slowly():
+    m = _method(head_momentum=0.5, generator_ema=0.5)
+    heads0 = copy.deepcopy(m.momentum_heads_restorer.state_dict())
+    m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    for name, old in heads0.items():
+        live, momentum = m.heads_restorer.state_dict()[name], m.momentum_heads_restorer.state_dict()[name]
+        assert torch.allclose(momentum, 0.5 * old + 0.5 * live, atol=1e-6)
+    assert not any(p.requires_grad for p in m.momentum_heads_restorer.parameters())
+    assert m.shipped_restorer() is m.ema_restorer
+    assert _method(generator_ema=0).shipped_restorer() is not None
+
+
+@pytest.mark.parametrize("negatives", ["internal", "generated", "both"])
+@pytest.mark.parametrize("gan_mode", ["lsgan", "hinge"])
+def test_all_modes_train(negatives, gan_mode):
+    m = _method(negatives=negatives, gan_mode=gan_mode, lambda_identity=0 if negatives == "internal" else 1)
+    losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from napari_cdd_dehaze.networks import (GeneratorConfig, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
+                                        ResnetGenerator, gather_patches, sample_patches)
+
+
+@pytest.mark.parametrize("upsample", ["resize", "transpose"])
+def test_generator_keeps_shape_and_range(upsample):
+    g = ResnetGenerator(GeneratorConfig(channels=3, width=8, blocks=2, upsample=upsample))
+    x = torch.rand(2, 3, 36, 44) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape
+    assert y.abs().max() <= 1
+
+
+def test_encoder_layer_indexing_follows_the_lineage():
+    # Layout (CUT --no_antialias): 0 padded input, 1-3 stem conv/norm/relu, 4-6 down 1, 7-9 down 2, 10.. blocks.
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=9))
+    layers = (0, 4, 8, 12, 16)
+    assert g.layer_channels(layers) == [3, 16, 32, 32, 32]
+    x = torch.rand(1, 3, 64, 64)
+    taps = g.encode(x, layers)
+    assert [tuple(t.shape[1:]) for t in taps] == [(3, 70, 70), (16, 32, 32), (32, 16, 16), (32, 16, 16), (32, 16, 16)]
+    assert torch.equal(taps[0][..., 3:-3, 3:-3], x)  # layer 0 is the reflection-padded image itself
+    # forward with taps gives the same image and the same features as separate passes
+    out, taps_fwd = g(x, layers)
+    assert torch.allclose(out, g(x), atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(taps, taps_fwd))
+
+
+def test_bad_layer_index_is_a_clear_error():
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=2))
+    with pytest.raises(ValueError, match="out of range"):
+        g.encode(torch.rand(1, 3, 32, 32), (0, 16))
+
+
+def test_patch_discriminator_is_70px_patchgan():
+    d = PatchDiscriminator(3, 8)
+    assert d(torch.rand(1, 3, 256, 256)).shape == (1, 1, 30, 30)  # the 70×70 PatchGAN's map at 256²
+    # receptive field of one score, from the conv stack (InstanceNorm aside, which is image-wide)
+    field = 1
+    for conv in reversed([m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]):
+        field = field * conv.stride[0] + conv.kernel_size[0] - conv.stride[0]
+    assert field == 70
+
+
+def test_heads_are_built_eagerly_and_normalise():
+    heads = ProjectionHeads([3, 16, 32], dim=24)
+    assert sum(p.numel() for p in heads.parameters()) > 0  # no lazy creation on the first batch
+    v = heads(1, torch.randn(2, 5, 16))
+    assert v.shape == (2, 5, 24)
+    assert torch.allclose(v.norm(dim=-1), torch.ones(2, 5), atol=1e-5)
+
+
+def test_negative_generator_gives_k_unit_negatives_that_depend_on_noise():
+    n = NegativeGenerator(layers=2, dim=24, noise_dim=8)
+    pooled = torch.nn.functional.normalize(torch.randn(3, 24), dim=-1)
+    negs = n(1, pooled, torch.randn(3, 10, 8))
+    assert negs.shape == (3, 10, 24)
+    assert torch.allclose(negs.norm(dim=-1), torch.ones(3, 10), atol=1e-5)
+    assert not torch.allclose(negs, n(1, pooled, torch.randn(3, 10, 8)))
+
+
+def test_patch_sampling_reads_the_same_positions():
+    feats = [torch.arange(2 * 4 * 6 * 6, dtype=torch.float).reshape(2, 4, 6, 6)]
+    picked, idx = sample_patches(feats, 5, torch.Generator().manual_seed(0))
+    assert picked[0].shape == (2, 5, 4)
+    again = gather_patches([feats[0] + 1], idx)
+    assert torch.equal(again[0], picked[0] + 1)
+    # fewer positions than asked for: all of them
+    picked, _ = sample_patches([torch.rand(1, 4, 2, 2)], 16)
+    assert picked[0].shape == (1, 4, 4)

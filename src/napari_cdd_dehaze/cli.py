@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -26,20 +27,24 @@ def _train(args: argparse.Namespace) -> int:
     print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
           f"from step {trainer.step} to {c.steps}; checkpoints in {Path(args.out) / 'checkpoints'}", file=sys.stderr)
     bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+
+    def stop_after_this_step(signum, frame):  # Ctrl-C: finish the step, checkpoint, exit; twice: abort
+        bar.write("stopping after this step and saving a checkpoint (resume with --resume); Ctrl-C again aborts",
+                  file=sys.stderr)
+        trainer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, stop_after_this_step)
     try:
         for event in trainer.events():
             if event.kind == "step":
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
                                  if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
-            elif event.kind in ("checkpoint", "stopped", "finished"):
-                bar.write(f"{event.kind}: step {event.step} → {event.checkpoint}")
-    except KeyboardInterrupt:
-        trainer.request_stop()
-        bar.write("interrupted: saving a checkpoint (resume with --resume)")
-        for event in trainer.events():
-            pass
+            else:
+                bar.write(f"{event.kind}: step {event.step} → {event.checkpoint}", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGINT, previous)
         bar.close()
     print(f"model: {Path(args.out) / 'restorer.safetensors'}", file=sys.stderr)
     return 0

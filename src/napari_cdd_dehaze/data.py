@@ -50,8 +50,8 @@ class ImageFolder:
         for path in list_images(self.folder):
             try:
                 array = self._load_plane(path)
-            except (ImageReadError, ValueError) as exc:
-                skipped.append(f"{path.name} ({exc})" if not str(exc).startswith(str(path)) else str(exc))
+            except ImageReadError as exc:  # its message starts with the file's path
+                skipped.append(str(exc))
                 continue
             self._remember(len(self.files), array)
             self.files.append(path)

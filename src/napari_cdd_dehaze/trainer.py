@@ -140,8 +140,8 @@ class Trainer:
         rate, last_time = 0.0, time.perf_counter()
         while self.step < total:
             if self._stop.is_set():
-                path = self.save()
-                yield TrainEvent("stopped", self.step, total, checkpoint=path)
+                self._stop.clear()  # the trainer can be continued later by iterating again
+                yield TrainEvent("stopped", self.step, total, self.last_losses, rate, checkpoint=self.save())
                 return
             degraded, clean = self.data.sample(self.rng)
             losses = self.method.training_step(degraded.to(self.device), clean.to(self.device), self.optimisers,
@@ -169,7 +169,7 @@ class Trainer:
         train_state = {
             "optimisers": {k: v.state_dict() for k, v in self.optimisers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
-            "rng": {"engine": self.rng.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"engine": self.rng.get_state()},  # the only random stream training draws from
         }
         path = save_checkpoint(self.run_dir, self.step, self.method, meta, train_state, c.keep_checkpoints)
         save_restorer(self.run_dir / RESTORER_FILE, self.method.shipped_restorer(),
@@ -198,7 +198,6 @@ class Trainer:
             for name, scheduler in self.schedulers.items():
                 scheduler.load_state_dict(state["schedulers"][name])
             self.rng.set_state(state["rng"]["engine"])
-            torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{checkpoint}: training state does not fit this run ({exc})") from exc
         # A run extended to more steps keeps its schedule shape relative to the new total.

@@ -91,6 +91,7 @@ class CDDGAN(nn.Module):
         self.momentum_heads_restorer = _frozen_copy(self.heads_restorer)
         self.momentum_heads_degrader = _frozen_copy(self.heads_degrader)
         self.ema_restorer = _frozen_copy(self.restorer) if c.generator_ema > 0 else None
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ parameter groups
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -147,7 +148,10 @@ class CDDGAN(nn.Module):
         ema_update(self.momentum_heads_restorer, self.heads_restorer, c.head_momentum)
         ema_update(self.momentum_heads_degrader, self.heads_degrader, c.head_momentum)
         if self.ema_restorer is not None:
-            ema_update(self.ema_restorer, self.restorer, c.generator_ema)
+            # Warm-up (as in TF's ExponentialMovingAverage): a short run's average is not stuck at the initial weights.
+            n = int(self.steps_done)
+            ema_update(self.ema_restorer, self.restorer, min(c.generator_ema, (1 + n) / (10 + n)))
+        self.steps_done += 1
 
         terms = dict(critics=loss_critics, negative_adversary=loss_adversary, negative_diversity=loss_diversity,
                      gan=loss_gan, nce=loss_nce, cycle=loss_cycle, identity=loss_identity,
@@ -188,10 +192,10 @@ class CDDGAN(nn.Module):
             key_vectors, positions = sample_patches(key_taps, self.config.num_patches, rng)
             query_vectors = gather_patches(query_taps, positions)
             with self._autocast():
-                keys = [key_heads(i, v) for i, v in enumerate(key_vectors)]
                 queries = [query_heads(i, v) for i, v in enumerate(query_vectors)]
-                with torch.no_grad():  # pool first, then project: one vector per image, no graph
-                    pooled = [momentum_heads(i, t.detach().mean(dim=(2, 3))) for i, t in enumerate(key_taps)]
+                with torch.no_grad():  # keys are targets, never trained through; pool, then project
+                    keys = [key_heads(i, v) for i, v in enumerate(key_vectors)]
+                    pooled = [momentum_heads(i, t.mean(dim=(2, 3))) for i, t in enumerate(key_taps)]
             pairs.append(ContrastPairs(queries, keys, pooled, negatives))
         return pairs
 

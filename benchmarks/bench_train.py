@@ -1,0 +1,114 @@
+"""Training-step speed and peak memory of CDD-GAN, with a baseline measured in the same run.
+
+Each configuration runs in its own process (so peak RSS is its own): build the method, one warm-up step,
+then ``--steps`` timed steps on random 3-channel crops (data loading excluded: this measures the step).
+
+The baseline ("redundant") is the same objective organised the way the public CUT/DCLGAN code runs
+its passes: the identity images as separate forwards, and every contrastive feature read by an extra
+encoder pass instead of being tapped from the translation and cycle passes that compute it anyway.
+
+    python benchmarks/bench_train.py                     # the table of benchmarks/README.md
+    python benchmarks/bench_train.py --only cpu@128 --precision bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+CASES = {  # name: (preset, crop)
+    "cpu@128": ("cpu", 128),
+    "paper@128": ("paper", 128),
+    "paper@256": ("paper", 256),
+}
+
+
+def _redundant_method(config):
+    """CDD-GAN with the public code's pass layout (same losses, more generator passes)."""
+    from napari_cdd_dehaze.methods.cdd_gan import CDDGAN, Translations
+
+    class Redundant(CDDGAN):
+        def translate(self, degraded, clean):
+            layers = self.config.nce_layers
+            with self._autocast():
+                fake_clean, fake_degraded = self.restorer(degraded), self.degrader(clean)
+                same_clean, same_degraded = self.restorer(clean), self.degrader(degraded)
+                cycled_degraded, cycled_clean = self.degrader(fake_clean), self.restorer(fake_degraded)
+                taps = (self.restorer.encode(degraded, layers), self.degrader.encode(clean, layers),
+                        self.degrader.encode(fake_clean, layers), self.restorer.encode(fake_degraded, layers))
+            return Translations(fake_clean, fake_degraded, cycled_degraded, cycled_clean, same_clean, same_degraded,
+                                *taps)
+
+    return Redundant(config)
+
+
+def measure(case: str, precision: str, variant: str, steps: int, channels_last: bool) -> dict:
+    from napari_cdd_dehaze.config import preset
+    from napari_cdd_dehaze.methods import build_method
+
+    name, crop = CASES[case]
+    config = preset(name, crop=crop, precision=precision, device="cpu")
+    torch.manual_seed(0)
+    method = _redundant_method(config) if variant == "redundant" else build_method(config)
+    optimisers, rng = method.make_optimisers(), torch.Generator().manual_seed(0)
+    x = torch.rand(config.batch_size, config.channels, crop, crop) * 2 - 1
+    y = torch.rand(config.batch_size, config.channels, crop, crop) * 2 - 1
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+        x, y = (t.contiguous(memory_format=torch.channels_last) for t in (x, y))
+    method.training_step(x, y, optimisers, rng)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        method.training_step(x, y, optimisers, rng)
+    seconds = (time.perf_counter() - start) / steps
+    return {"case": case, "preset": name, "crop": crop, "width": config.width, "blocks": config.blocks,
+            "precision": precision, "variant": variant, "channels_last": channels_last,
+            "s_per_step": seconds, "steps_per_s": 1 / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "timed_steps": steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=sorted(CASES), help="cases to run (default: all)")
+    parser.add_argument("--precision", nargs="*", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--variants", nargs="*", default=["tapped", "redundant"], choices=["tapped", "redundant"])
+    parser.add_argument("--channels-last", action="store_true", help="also measure channels-last memory format")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--json", help="write the results here as well")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # one measurement, in this process
+        case, precision, variant, cl = args.child.split(",")
+        print(json.dumps(measure(case, precision, variant, args.steps, cl == "1")))
+        return
+
+    results = []
+    layouts = [False, True] if args.channels_last else [False]
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| case | width×blocks | precision | passes | channels-last | s/step | steps/s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case in args.only or list(CASES):
+        for precision in args.precision:
+            for variant in args.variants:
+                for cl in layouts:
+                    child = [sys.executable, __file__, "--steps", str(args.steps),
+                             "--child", f"{case},{precision},{variant},{int(cl)}"]
+                    r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+                    results.append(r)
+                    print(f"| {case} | {r['width']}×{r['blocks']} | {precision} | {variant} | {'yes' if cl else 'no'} "
+                          f"| {r['s_per_step']:.2f} | {r['steps_per_s']:.3f} | {r['peak_rss_mb']:.0f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.platform(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (CheckpointError, RESTORER_FILE, latest_checkpoint, load_train_state, load_weights,
+from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, latest_checkpoint, load_train_state, load_weights,
                          read_meta, read_safetensors, resolve_model_path, save_checkpoint, save_restorer)
 from .config import TrainConfig
 from .data import ImageFolder, UnpairedBatches
@@ -88,12 +88,13 @@ class Trainer:
     def __init__(self, config: TrainConfig | None, degraded_dir: str | Path, clean_dir: str | Path, run_dir: str | Path,
                  resume: bool = False, init_from: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
-        checkpoint = None
+        checkpoint = meta = None
         if resume:
             checkpoint = latest_checkpoint(self.run_dir)
             if checkpoint is None:
                 raise CheckpointError(f"nothing to resume: {self.run_dir} holds no checkpoint")
-            config = self._resumed_config(read_meta(checkpoint), config)
+            meta = read_meta(checkpoint)
+            config = self._resumed_config(meta, config)
         if config is None:
             raise ValueError("a config is needed unless resuming")
         self.config = config
@@ -106,14 +107,14 @@ class Trainer:
             self.method = build_method(config)
         self.method.to(self.device)
         self.optimisers = self.method.make_optimisers()
-        decay = _linear_decay(config.steps, config.decay_from)
+        decay = _linear_decay(config.steps, config.decay_from)  # of this run's total: an extended run decays later
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.optimisers.items()}
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.last_losses: dict[str, float] = {}
         self._stop = threading.Event()
         if checkpoint is not None:
-            self._restore(checkpoint)
+            self._restore(checkpoint, int(meta["step"]))
         elif init_from is not None:
             self._initialise_from(init_from)
 
@@ -188,9 +189,9 @@ class Trainer:
                                   f"the checkpoint); resume with the saved one, or start a new run with --init")
         return requested
 
-    def _restore(self, checkpoint: Path) -> None:
-        tensors, _ = read_safetensors(checkpoint / "model.safetensors")
-        load_weights(self.method, tensors, checkpoint / "model.safetensors", strict=True)
+    def _restore(self, checkpoint: Path, step: int) -> None:
+        tensors, _ = read_safetensors(checkpoint / MODEL_FILE)
+        load_weights(self.method, tensors, checkpoint / MODEL_FILE, strict=True)
         state = load_train_state(checkpoint)
         try:
             for name, opt in self.optimisers.items():
@@ -200,11 +201,7 @@ class Trainer:
             self.rng.set_state(state["rng"]["engine"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{checkpoint}: training state does not fit this run ({exc})") from exc
-        # A run extended to more steps keeps its schedule shape relative to the new total.
-        decay = _linear_decay(self.config.steps, self.config.decay_from)
-        for scheduler in self.schedulers.values():
-            scheduler.lr_lambdas = [decay] * len(scheduler.lr_lambdas)
-        self.step = int(read_meta(checkpoint)["step"])
+        self.step = step
 
     def _initialise_from(self, source: str | Path) -> None:
         """Load whatever networks ``source`` holds (a whole checkpoint, or a restorer alone)."""

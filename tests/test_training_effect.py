@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
-from napari_cdd_dehaze.restore import restore_plane
+from napari_cdd_dehaze.restore import restore_array
 from napari_cdd_dehaze.synthesis import dark_channel, random_haze
 from napari_cdd_dehaze.trainer import Trainer
 
@@ -22,9 +22,9 @@ def test_short_training_run_dehazes_a_held_out_photo(unpaired_folders, photos, t
                          head_dim=64, steps=120, lr=5e-4, decay_from=1.0, checkpoint_every=1000)
     trainer = Trainer(config, *unpaired_folders, tmp_path / "run")
     with torch.no_grad():
-        untrained = restore_plane(trainer.method.restorer, hazy)
+        untrained = restore_array(trainer.method.restorer, hazy)
     trainer.run()
-    restored = restore_plane(trainer.method.shipped_restorer(), hazy)
+    restored = restore_array(trainer.method.shipped_restorer(), hazy)
 
     scores = {name: psnr(clear, image, data_range=1) for name, image in
               [("hazy", hazy), ("untrained", untrained), ("trained", restored)]}

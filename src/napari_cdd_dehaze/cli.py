@@ -54,7 +54,11 @@ def _apply(args: argparse.Namespace) -> int:
     from .checkpoint import load_restorer
     from .image_files import ImageReadError, read_image, write_image
     from .restore import restore_array
-    from .trainer import pick_device
+
+    from tqdm import tqdm
+
+    from .devices import pick_device
+    from .restore import RestoreOptions
 
     device = pick_device(args.device)
     restorer = load_restorer(args.model)
@@ -64,7 +68,12 @@ def _apply(args: argparse.Namespace) -> int:
         path = Path(name)
         try:
             image = read_image(path)
-            restored = restore_array(restorer, image, device)
+            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+                options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, progress=progress)
+                restored = restore_array(restorer, image, options)
             suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
             target = out_dir / (path.stem + suffix)
             write_image(target, restored)
@@ -111,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--out", required=True, help="folder for the restored images (same names, shapes, dtypes)")
     apply.add_argument("--model", required=True, help="run folder, checkpoint folder or .safetensors file")
     apply.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    apply.add_argument("--tile", type=int, help="tile size in pixels; 0 = whole image (default: whole up to 2048², "
+                                                "512-pixel tiles beyond)")
+    apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
+                                                   "network's receptive-field radius, which makes tiles exact)")
     apply.set_defaults(run=_apply)
 
     synth = sub.add_parser("synth-haze", help="write a small unpaired hazy/clean demo set from scikit-image photos")

@@ -36,8 +36,34 @@ class GeneratorConfig:
             raise ValueError(f"upsample must be 'resize' or 'transpose', got {self.upsample!r}")
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """InstanceNorm2d (no affine, no running statistics) whose statistics can be recorded and imposed.
+
+    Tiled restoration must normalise every tile with the statistics of the *whole* image, or each tile
+    gets its own contrast and colour and the seams show. With ``record`` set, a forward stores the
+    per-channel mean and variance it used; with ``imposed`` set, it normalises with those instead of the
+    input's own. Neither set (training, whole-image inference): exactly ``nn.InstanceNorm2d``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels)
+        self.record = False
+        self.recorded: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.imposed: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.imposed is None and not self.record:
+            return super().forward(x)
+        if self.imposed is not None:
+            mean, var = self.imposed
+        else:
+            var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
+            self.recorded = (mean, var)
+        return ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
 def _conv_norm_relu(cin: int, cout: int, **conv_kw) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, **conv_kw), nn.InstanceNorm2d(cout), nn.ReLU(inplace=True)]
+    return [nn.Conv2d(cin, cout, **conv_kw), InstanceNorm(cout), nn.ReLU(inplace=True)]
 
 
 class ResidualBlock(nn.Module):
@@ -45,7 +71,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.ReflectionPad2d(1), *_conv_norm_relu(channels, channels, kernel_size=3),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, kernel_size=3), nn.InstanceNorm2d(channels),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, kernel_size=3), InstanceNorm(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +98,7 @@ class ResnetGenerator(nn.Module):
                             *_conv_norm_relu(w * mult, w * mult // 2, kernel_size=3)]
             else:
                 decoder += [nn.ConvTranspose2d(w * mult, w * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                            nn.InstanceNorm2d(w * mult // 2), nn.ReLU(inplace=True)]
+                            InstanceNorm(w * mult // 2), nn.ReLU(inplace=True)]
         decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
         self.decoder = nn.Sequential(*decoder)
 

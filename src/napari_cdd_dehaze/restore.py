@@ -1,11 +1,23 @@
-"""Whole-image restoration of arrays with a trained restorer (the tiled engine builds on this).
+"""Restoration of arrays of any size, layout and dtype with a trained restorer.
 
-Any 2-D image keeps its shape, dtype and scale: intensities go to [0, 1] through
-:class:`~napari_cdd_dehaze.image_files.IntensityMap` and back; alpha is passed through; an image whose
-channel count differs from the model's is restored channel by channel as grey. Arrays with more
-dimensions are stacks: every 2-D (or 2-D colour) plane is restored on its own.
+* **Layouts**: a 2-D image (H, W); a colour image (H, W, C) with C ≤ 4, alpha (the 2nd or 4th channel)
+  passed through; any leading axes (Z, T, …) are a stack restored plane by plane. A stack is never taken for
+  colour: pass ``channel_axis=None`` for an (…, H, W) stack whose last axis happens to be ≤ 4 long, or the
+  axis that holds colour when it is not last.
+* **Channels**: an image with as many colour channels as the model is restored as it is; otherwise (grey
+  into an RGB model, RGB or multichannel into a grey model) each channel is restored alone as grey.
+* **Dtypes and range**: values are mapped to [0, 1] by :class:`~napari_cdd_dehaze.image_files.IntensityMap`
+  — integers by their dtype's range, floats within [0, 1] as they are, other floats by their robust
+  (0.1–99.9 percentile) range — and mapped back, so the output has the input's dtype and scale. One map
+  serves a whole stack, so planes stay comparable. NaN or infinite input is an error.
+* **Size**: images are padded to a multiple of 4 (reflection; replication for tiny ones) and run whole or in
+  tiles (:mod:`~napari_cdd_dehaze.tiling`); tiles are read from and written to the arrays window by window,
+  so memory stays bounded by the tile size, not the image.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,51 +25,112 @@ import torch.nn.functional as F
 
 from .image_files import IntensityMap
 from .networks import ResnetGenerator
+from .tiling import TiledRunner
+from .devices import pick_device
+
+MIN_SIDE = 16  # smaller images are padded up to this for the two downsamplings and reflection pads
 
 
-def plane_ndim(shape: tuple[int, ...]) -> int:
-    """Trailing dimensions that form one image: 3 when the last axis is colour (≤ 4 long), else 2."""
-    return 3 if len(shape) >= 3 and shape[-1] <= 4 else 2
+@dataclass
+class RestoreOptions:
+    """How to run: ``tile`` 0 = whole image; ``None`` = whole up to ``whole_max_pixels``, tiles of 512 beyond."""
+
+    device: str | torch.device = "auto"
+    tile: int | None = None
+    margin: int | None = None
+    whole_max_pixels: int = 2048 * 2048
+    stats_max_pixels: int = 2048 * 2048
+    progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
+    should_stop: Callable[[], bool] | None = None
 
 
-def restore_array(restorer: ResnetGenerator, array: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out."""
+def plane_ndim(shape: tuple[int, ...], channel_axis: int | None | str = "auto") -> int:
+    """Trailing dimensions that form one image: 3 when the last axis holds channels, else 2.
+
+    ``"auto"``: the last axis is colour when it is at most 4 long; ``None``: no channel axis; ``-1``
+    (after moving an explicit axis last): the last axis holds channels, however many.
+    """
+    if channel_axis is None:
+        return 2
+    if channel_axis == "auto":
+        return 3 if len(shape) >= 3 and shape[-1] <= 4 else 2
+    return 3
+
+
+def restore_array(restorer: ResnetGenerator, array: np.ndarray, options: RestoreOptions | None = None,
+                  channel_axis: int | None | str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+    """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
+
+    ``out`` (e.g. a memory-mapped file) receives the result when given.
+    """
+    options = options or RestoreOptions()
     if array.ndim < 2:
         raise ValueError(f"expected an image, got an array of shape {array.shape}")
-    imap = IntensityMap.for_array(array)  # one map for a whole stack keeps the planes comparable
-    unit = imap.to_unit(array)
-    out = np.empty_like(unit)
-    for index in np.ndindex(unit.shape[:unit.ndim - plane_ndim(unit.shape)]):
-        out[index] = restore_plane(restorer, unit[index], device)
-    return imap.from_unit(out)
+    if channel_axis not in (None, "auto", -1, array.ndim - 1):
+        moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1)
+        return np.moveaxis(moved, -1, channel_axis)
+    imap = IntensityMap.for_array(array)
+    out = np.empty_like(array) if out is None else out
+    planes = list(np.ndindex(array.shape[:array.ndim - plane_ndim(array.shape, channel_axis)]))
+    runner = _runner(restorer, options)
+    for i, index in enumerate(planes):
+        step = (lambda done, total, i=i: options.progress(i * total + done, len(planes) * total)) \
+            if options.progress else None
+        restore_plane(runner, array[index], imap, out[index], step, alpha=channel_axis == "auto")
+    return out
 
 
-def restore_plane(restorer: ResnetGenerator, unit: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """Restore one (H, W) or (H, W, C) image with values in [0, 1]; returns the same layout in [0, 1]."""
-    channels = restorer.config.channels
-    grey_input = unit.ndim == 2
-    planes = unit[..., None] if grey_input else unit
-    has_alpha = planes.shape[-1] in (2, 4)
-    colour = planes[..., :-1] if has_alpha else planes
-    if colour.shape[-1] == channels:
-        restored = _run(restorer, colour, device)
-    else:  # grey into an RGB model, or RGB/multichannel into a grey model: one channel at a time
-        restored = np.stack([_run(restorer, np.repeat(colour[..., i:i + 1], channels, axis=-1), device).mean(-1)
-                             for i in range(colour.shape[-1])], axis=-1)
-    if has_alpha:
-        restored = np.concatenate([restored, planes[..., -1:]], axis=-1)
-    return restored[..., 0] if grey_input else restored
+def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
+    device = options.device if isinstance(options.device, torch.device) else pick_device(options.device)
+    return TiledRunner(restorer, device, tile=options.tile, margin=options.margin,
+                       whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
+                       should_stop=options.should_stop)
 
 
-@torch.inference_mode()
-def _run(restorer: ResnetGenerator, image: np.ndarray, device: torch.device | str) -> np.ndarray:
-    """(H, W, C) in [0, 1] through the network, padded to a multiple of 4 and cropped back."""
-    h, w = image.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None].to(device) * 2 - 1
-    pad_h, pad_w = (-h) % 4, (-w) % 4
-    if pad_h or pad_w:
-        mode = "reflect" if h > pad_h and w > pad_w else "replicate"
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-    restorer = restorer.to(device).eval()
-    y = restorer(x)[..., :h, :w]
-    return ((y[0].float().cpu().numpy().transpose(1, 2, 0) + 1) / 2).clip(0, 1)
+def restore_plane(runner: TiledRunner, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
+                  progress: Callable[[int, int], None] | None = None, alpha: bool = True) -> None:
+    """Restore one (H, W) or (H, W, C) plane into ``out`` (same shape and dtype).
+
+    With ``alpha``, the last of 2 or 4 channels is alpha and is copied, not restored.
+    """
+    channels = runner.generator.config.channels
+    colour = plane[..., None] if plane.ndim == 2 else plane
+    sink = out[..., None] if out.ndim == 2 else out
+    n = colour.shape[-1]
+    if alpha and n in (2, 4):  # grey+alpha or RGBA: alpha passes through
+        sink[..., -1] = colour[..., -1]
+        n -= 1
+    jobs = [list(range(n))] if n == channels else [[c] for c in range(n)]
+    for j, job in enumerate(jobs):
+        step = (lambda done, total, j=j: progress(j * total + done, len(jobs) * total)) if progress else None
+        _run_channels(runner, colour, sink, job, imap, channels, step)
+
+
+def _run_channels(runner: TiledRunner, source: np.ndarray, sink: np.ndarray, job: list[int], imap: IntensityMap,
+                  channels: int, progress) -> None:
+    h, w = source.shape[:2]
+    ph, pw = max(-(-h // 4) * 4, MIN_SIDE), max(-(-w // 4) * 4, MIN_SIDE)
+
+    def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        # windows may reach into the padding below/right of the image: read what exists, pad the rest
+        window = imap.to_unit(source[y0:min(y1, h), x0:min(x1, w)][..., job])
+        x = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None] * 2 - 1
+        if x.shape[1] != channels:
+            x = x.expand(-1, channels, -1, -1)
+        pad_h, pad_w = y1 - y0 - x.shape[-2], x1 - x0 - x.shape[-1]
+        if pad_h or pad_w:
+            mode = "reflect" if x.shape[-2] > pad_h and x.shape[-1] > pad_w else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        return x
+
+    def write(y0: int, y1: int, x0: int, x1: int, y: torch.Tensor) -> None:
+        y1, x1 = min(y1, h), min(x1, w)
+        if y1 <= y0 or x1 <= x0:
+            return
+        unit = ((y[0, :, : y1 - y0, : x1 - x0].cpu().numpy().transpose(1, 2, 0) + 1) / 2)
+        if len(job) != channels:
+            unit = unit.mean(axis=-1, keepdims=True)
+        sink[y0:y1, x0:x1, job] = imap.from_unit(unit)
+
+    runner.progress = progress
+    runner.run(read, write, ph, pw)

@@ -19,6 +19,7 @@ from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, latest_chec
                          read_meta, read_safetensors, resolve_model_path, save_checkpoint, save_restorer)
 from .config import TrainConfig
 from .data import ImageFolder, UnpairedBatches
+from .devices import pick_device
 from .methods import build_method
 
 RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device")
@@ -48,22 +49,6 @@ class TrainEvent:
     eta_s: float = float("nan")
     lr: float = 0.0
     checkpoint: Path | None = None
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA, then Apple MPS, then CPU; an explicit device that is absent is a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu or auto")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"device {name!r} requested but Apple MPS is not available; use --device cpu or auto")
-    return device
 
 
 def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:

@@ -1,0 +1,20 @@
+"""Choosing the device to compute on."""
+from __future__ import annotations
+
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA, then Apple MPS, then CPU; an explicit device that is absent is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {name!r} requested but Apple MPS is not available; use --device cpu or auto")
+    return device

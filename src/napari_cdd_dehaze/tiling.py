@@ -1,0 +1,178 @@
+"""Seamless tiled inference for the ResNet generator: any image size in bounded memory.
+
+Two things make tiles disagree with the whole image, and each has its cure here:
+
+* **Borders.** A tile's edge pixels see reflection padding instead of their true neighbours. Every tile is
+  therefore run with a *margin* of real context at least the network's receptive-field radius wide, and
+  only its core is kept: the core is then exactly what the whole image would give. Cores and margins are
+  multiples of 4 so that the two stride-2 downsamplings see the same pixel grid in every tile.
+* **InstanceNorm statistics.** Each tile would normalise with its own mean and variance, giving each tile
+  its own contrast and colour. The statistics of every norm layer are recorded once per image (see
+  :class:`~napari_cdd_dehaze.networks.InstanceNorm`) and imposed on all tiles. They are exact when the
+  image has at most ``stats_max_pixels`` pixels; a larger image is first reduced by block averaging to
+  that size for the statistics pass (an approximation: all tiles still share one set of statistics, so
+  there are no seams, but the tone may differ from what a whole-image pass would give).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import InstanceNorm, ResnetGenerator
+
+ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
+
+
+class Cancelled(Exception):
+    """Raised between tiles when the caller's stop flag is set."""
+
+
+def receptive_field(generator: ResnetGenerator) -> int:
+    """Receptive field (pixels, one side to the other) of one output pixel of ``generator``."""
+    field, jump = 1, 1
+    for m in generator.modules():
+        if isinstance(m, nn.Conv2d):
+            field += (m.kernel_size[0] - 1) * jump
+            jump *= m.stride[0]
+        elif isinstance(m, nn.ConvTranspose2d):
+            jump //= m.stride[0]
+            field += (m.kernel_size[0] - 1) * max(jump, 1)
+        elif isinstance(m, nn.Upsample):
+            jump = max(jump // int(m.scale_factor), 1)
+    return field
+
+
+def default_margin(generator: ResnetGenerator) -> int:
+    """Half the receptive field, rounded up to a multiple of 4."""
+    return -(-(receptive_field(generator) // 2 + 1) // 4) * 4
+
+
+def _norms(generator: nn.Module) -> list[InstanceNorm]:
+    return [m for m in generator.modules() if isinstance(m, InstanceNorm)]
+
+
+def record_statistics(generator: ResnetGenerator, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run ``x`` once and return the (mean, variance) every InstanceNorm layer computed."""
+    norms = _norms(generator)
+    for m in norms:
+        m.record, m.recorded = True, None
+    try:
+        generator(x)
+        return [m.recorded for m in norms]
+    finally:
+        for m in norms:
+            m.record, m.recorded = False, None
+
+
+@contextlib.contextmanager
+def imposed_statistics(generator: ResnetGenerator, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Within the block every InstanceNorm of ``generator`` normalises with ``stats``."""
+    norms = _norms(generator)
+    if len(norms) != len(stats):
+        raise ValueError(f"{len(stats)} recorded statistics for {len(norms)} norm layers")
+    for m, s in zip(norms, stats):
+        m.imposed = s
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.imposed = None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class TiledRunner:
+    """Runs a generator over a (padded, multiple-of-4) image, whole or window by window.
+
+    ``tile``: 0 runs the whole image at once; ``None`` runs it whole up to ``whole_max_pixels`` and in
+    512-pixel tiles beyond; a number is the tile core size (rounded down to a multiple of 4, at least 64).
+    ``margin`` is the context around each core (default: the receptive-field radius). ``progress(done,
+    total)`` is called after each tile and ``should_stop()`` before each; when it returns True,
+    :class:`Cancelled` is raised. On an out-of-memory error the tile size is halved (down to 64) and the
+    image is started again.
+    """
+
+    def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
+                 margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
+                 autocast_dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.generator, self.device = generator.to(device).eval(), device
+        self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
+        self.whole_max_pixels = whole_max_pixels
+        self.margin = default_margin(generator) if margin is None else -(-margin // 4) * 4
+        self.stats_max_pixels = stats_max_pixels
+        self.autocast_dtype = autocast_dtype
+        self.progress, self.should_stop = progress, should_stop
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        if self.autocast_dtype is None:
+            return self.generator(x).float()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            return self.generator(x).float()
+
+    @torch.inference_mode()
+    def statistics(self, read: ReadWindow, height: int, width: int) -> list:
+        """Norm statistics of the image, from a block-averaged copy when it has more than ``stats_max_pixels``."""
+        factor = max(1, math.ceil(math.sqrt(height * width / self.stats_max_pixels)))
+        if factor == 1:
+            return record_statistics(self.generator, read(0, height, 0, width).to(self.device))
+        band = factor * max(1, 256 // factor)  # rows per read, a multiple of the factor
+        rows = [F.avg_pool2d(read(y, min(y + band, height // factor * factor), 0, width // factor * factor), factor)
+                for y in range(0, height // factor * factor, band)]
+        small = torch.cat(rows, dim=2)
+        small = small[..., : small.shape[-2] // 4 * 4, : small.shape[-1] // 4 * 4]
+        return record_statistics(self.generator, small.to(self.device))
+
+    def tile_for(self, height: int, width: int) -> int:
+        """The core size used for an image of this size (its long side when it runs whole)."""
+        if self.tile == 0 or (self.tile is None and height * width <= self.whole_max_pixels):
+            return max(height, width)
+        return self.tile or 512
+
+    @torch.inference_mode()
+    def run(self, read: ReadWindow, write: Callable[[int, int, int, int, torch.Tensor], None],
+            height: int, width: int) -> None:
+        """Restore the ``height``×``width`` image behind ``read`` (both multiples of 4) into ``write``."""
+        tile, stats = self.tile_for(height, width), None
+        while True:
+            try:
+                if tile >= max(height, width):  # whole image: its own statistics, one pass
+                    self._check_stop()
+                    write(0, height, 0, width, self._forward(read(0, height, 0, width)))
+                    if self.progress is not None:
+                        self.progress(1, 1)
+                    return
+                stats = stats or self.statistics(read, height, width)
+                with imposed_statistics(self.generator, stats):
+                    self._run_tiles(read, write, height, width, tile)
+                return
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not _is_out_of_memory(exc) or tile <= 64:
+                    raise
+                tile = max(64, min(tile, max(height, width)) // 2 // 4 * 4)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Cancelled("restoration cancelled")
+
+    def _run_tiles(self, read, write, height: int, width: int, tile: int) -> None:
+        t, m = tile, self.margin
+        cores = [(y, x) for y in range(0, height, t) for x in range(0, width, t)]
+        for done, (y, x) in enumerate(cores):
+            self._check_stop()
+            y1, x1 = min(y + t, height), min(x + t, width)
+            oy0, ox0, oy1, ox1 = max(0, y - m), max(0, x - m), min(height, y1 + m), min(width, x1 + m)
+            out = self._forward(read(oy0, oy1, ox0, ox1))
+            write(y, y1, x, x1, out[..., y - oy0: y1 - oy0, x - ox0: x1 - ox0])
+            if self.progress is not None:
+                self.progress(done + 1, len(cores))

@@ -98,3 +98,28 @@ def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(unpaired_fol
     assert "stopped: step" in err
     assert main(["train", "--degraded", str(degraded), "--clean", str(clean), "--out", str(run), "--resume",
                  "--steps", "1"]) == 0  # resumable (already past step 1: finishes at once)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("shape", [(300, 400, 3), (300, 400, 4), (2, 120, 160)])
+def test_tiffs_are_restored_window_by_window_and_match_in_memory(unpaired_folders, tmp_path, tiny_paper_preset,
+                                                                  shape, compression):
+    import tifffile
+
+    from napari_cdd_dehaze.checkpoint import load_restorer
+    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+
+    degraded, clean = unpaired_folders
+    run = tmp_path / "run"
+    main(["train", "--degraded", str(degraded), "--clean", str(clean), "--out", str(run), *TINY])
+    image = np.random.default_rng(0).integers(0, 65535, size=shape, dtype=np.uint16)
+    photometric = "rgb" if shape[-1] in (3, 4) else "minisblack"
+    tifffile.imwrite(tmp_path / "big.tif", image, photometric=photometric, compression=compression,
+                     extrasamples=["unassalpha"] if shape[-1] == 4 else None)
+    assert isinstance(read_image(tmp_path / "big.tif", memory_map=True), np.memmap) == (compression is None)
+    assert main(["apply", str(tmp_path / "big.tif"), "--out", str(tmp_path / "o"), "--model", str(run),
+                 "--tile", "64", "--device", "cpu"]) == 0
+    restored = read_image(tmp_path / "o" / "big.tif")
+    expected = restore_array(load_restorer(run), image, RestoreOptions(device="cpu", tile=64))
+    assert restored.shape == shape and np.array_equal(restored, expected)
+    assert not list((tmp_path / "o").glob(".*"))  # no temporary files left

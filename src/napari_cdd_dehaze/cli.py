@@ -52,7 +52,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from .checkpoint import load_restorer
-    from .image_files import ImageReadError, read_image, write_image
+    import numpy as np
+
+    from .image_files import ImageReadError, mapped_tiff_output, read_image, write_image
     from .restore import restore_array
 
     from tqdm import tqdm
@@ -67,16 +69,20 @@ def _apply(args: argparse.Namespace) -> int:
     for name in args.images:
         path = Path(name)
         try:
-            image = read_image(path)
+            image = read_image(path, memory_map=True)
+            suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
+            target = out_dir / (path.stem + suffix)
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
                 def progress(done: int, total: int) -> None:
                     bar.total = total
                     bar.update(done - bar.n)
-                options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, progress=progress)
-                restored = restore_array(restorer, image, options)
-            suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
-            target = out_dir / (path.stem + suffix)
-            write_image(target, restored)
+                options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
+                                         progress=progress)
+                if isinstance(image, np.memmap):  # a large TIFF: read and written window by window
+                    with mapped_tiff_output(target, image) as out:
+                        restore_array(restorer, image, options, out=out)
+                else:
+                    write_image(target, restore_array(restorer, image, options))
             print(f"{path} → {target}", file=sys.stderr)
         except (ImageReadError, ValueError, OSError) as exc:
             failed += 1
@@ -122,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     apply.add_argument("--tile", type=int, help="tile size in pixels; 0 = whole image (default: whole up to 2048², "
                                                 "512-pixel tiles beyond)")
+    apply.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="autocast precision (default fp32; bf16 only helps on GPUs and bf16-capable CPUs)")
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
                                                    "network's receptive-field radius, which makes tiles exact)")
     apply.set_defaults(run=_apply)

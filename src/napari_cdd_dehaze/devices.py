@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` → CUDA, then Apple MPS, then CPU; an explicit device that is absent is a clear error."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

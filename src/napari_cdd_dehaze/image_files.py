@@ -5,6 +5,7 @@ the EXIF orientation applied), TIFF through tifffile (multi-page files come back
 """
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import tempfile
@@ -20,8 +21,12 @@ class ImageReadError(ValueError):
     """A file that is not a readable image (wrong format, truncated, unsupported layout)."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG, JPEG or TIFF as stored: (H, W), (H, W, C) or, for multi-page TIFF, (N, H, W[, C])."""
+def read_image(path: str | os.PathLike, memory_map: bool = False) -> np.ndarray:
+    """Read a PNG, JPEG or TIFF as stored: (H, W), (H, W, C) or, for multi-page TIFF, (N, H, W[, C]).
+
+    With ``memory_map``, an uncompressed TIFF is mapped instead of read, so that an image larger than
+    memory can be processed window by window (compressed TIFFs and other formats are read as usual).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
@@ -29,7 +34,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
-            array = tifffile.imread(path)
+            array = None
+            if memory_map:
+                try:
+                    array = tifffile.memmap(path, mode="r")
+                except ValueError:  # compressed or not contiguous: cannot be mapped
+                    array = None
+            if array is None:
+                array = tifffile.imread(path)
         elif suffix == ".png":
             import imagecodecs
             array = imagecodecs.png_decode(path.read_bytes())
@@ -41,7 +53,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as exc:  # every decoder has its own exception types
         raise ImageReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
-    array = np.asarray(array)
+    if not isinstance(array, np.memmap):
+        array = np.asarray(array)
     if array.ndim < 2 or array.size == 0:
         raise ImageReadError(f"{path}: decoded to an empty or 1-D array of shape {array.shape}")
     return array
@@ -69,6 +82,27 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
     atomic_write_bytes(path, data)
+
+
+@contextlib.contextmanager
+def mapped_tiff_output(path: Path, like: np.ndarray):
+    """A memory-mapped, uncompressed TIFF shaped like ``like`` to write into; it appears at ``path`` on success.
+
+    Written under a temporary name and renamed, so a failure leaves no half-written file at ``path``.
+    """
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
+    photometric = "rgb" if like.ndim >= 3 and like.shape[-1] in (3, 4) else "minisblack"
+    try:
+        out = tifffile.memmap(tmp, shape=like.shape, dtype=like.dtype, photometric=photometric)
+        yield out
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -107,12 +141,16 @@ class IntensityMap:
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             return cls(dtype, float(max(info.min, 0)), float(info.max))
-        if not np.all(np.isfinite(array)):
-            raise ValueError("image contains NaN or infinite values; replace them before restoring")
-        lo, hi = float(array.min()), float(array.max())
+        lo, hi = np.inf, -np.inf
+        for chunk in _chunks(array):  # bounded memory for memory-mapped images
+            if not np.all(np.isfinite(chunk)):
+                raise ValueError("image contains NaN or infinite values; replace them before restoring")
+            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
         if lo >= 0.0 and hi <= 1.0:
             return cls(dtype, 0.0, 1.0)
-        lo, hi = (float(v) for v in np.percentile(array, percentiles))
+        flat = array.reshape(-1)
+        sample = flat[:: max(1, flat.size // (1 << 22))]  # ≤ ~4 M values estimate the percentiles
+        lo, hi = (float(v) for v in np.percentile(sample, percentiles))
         if hi <= lo:
             hi = lo + 1.0
         return cls(dtype, lo, hi)
@@ -126,6 +164,16 @@ class IntensityMap:
         if np.issubdtype(self.dtype, np.integer) or self.dtype == np.bool_:
             return np.rint(values).astype(self.dtype)
         return values.astype(self.dtype)
+
+
+def _chunks(array: np.ndarray, max_elements: int = 1 << 24):
+    """Slices of ``array`` along its first axis, each at most ~``max_elements`` (at least one row)."""
+    if array.ndim == 0 or array.size <= max_elements:
+        yield array
+        return
+    rows = max(1, max_elements // (array.size // array.shape[0]))
+    for start in range(0, array.shape[0], rows):
+        yield array[start:start + rows]
 
 
 def to_channels(unit: np.ndarray, channels: int) -> np.ndarray:

@@ -40,6 +40,7 @@ class RestoreOptions:
     margin: int | None = None
     whole_max_pixels: int = 2048 * 2048
     stats_max_pixels: int = 2048 * 2048
+    precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
 
@@ -80,11 +81,18 @@ def restore_array(restorer: ResnetGenerator, array: np.ndarray, options: Restore
     return out
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
-    device = options.device if isinstance(options.device, torch.device) else pick_device(options.device)
+    device = pick_device(options.device)
+    if options.precision not in AUTOCAST:
+        raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {options.precision!r}")
+    if options.precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 autocast is for GPUs; use fp32 or bf16 on the CPU")
     return TiledRunner(restorer, device, tile=options.tile, margin=options.margin,
                        whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
-                       should_stop=options.should_stop)
+                       autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop)
 
 
 def restore_plane(runner: TiledRunner, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,

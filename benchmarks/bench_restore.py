@@ -1,0 +1,129 @@
+"""Restoration throughput (megapixels/s) and peak memory, whole-image against tiled, in one run.
+
+Each case runs in its own process, so its peak RSS is its own. Images are synthetic (smooth random
+colour fields with noise); speed does not depend on content. Achieved GFLOP/s counts the network's
+convolutions for the image itself (margins and statistics passes are overhead, not useful work) and is
+set against the fp32 and bf16 matrix-multiply rates measured at the start of the same run.
+
+    python benchmarks/bench_restore.py --width 32 --blocks 6
+    python benchmarks/bench_restore.py --cases 1024-rgb-whole 1024-rgb-tiled
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+CASES = {  # name: (side, channels, dtype, tile)  tile 0 = whole image
+    "1024-rgb-whole": (1024, 3, "uint8", 0),
+    "1024-rgb-tiled": (1024, 3, "uint8", 512),
+    "2048-u16-whole": (2048, 1, "uint16", 0),
+    "2048-u16-tiled": (2048, 1, "uint16", 512),
+    "4096-rgb-tiled": (4096, 3, "uint8", 512),
+    "8192-rgb-tiled": (8192, 3, "uint8", 512),
+}
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n ** 3 * repeat / (time.perf_counter() - start) / 1e9
+
+
+def conv_flops_per_pixel(generator: torch.nn.Module) -> float:
+    """FLOPs (2 per multiply-add) of the generator's convolutions per input pixel, counted at 256²."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        positions = output.numel() if isinstance(module, torch.nn.Conv2d) else inputs[0].numel()
+        total += 2 * k * positions * (1 if isinstance(module, torch.nn.Conv2d) else module.out_channels
+                                      // module.in_channels)
+    hooks = [m.register_forward_hook(count) for m in generator.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    with torch.inference_mode():
+        generator(torch.zeros(1, generator.config.channels, 256, 256))
+    for h in hooks:
+        h.remove()
+    return total / 256 ** 2
+
+
+def synthetic_image(side: int, channels: int, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    coarse = rng.random((side // 64 + 2, side // 64 + 2, channels), dtype=np.float32)
+    field = np.kron(coarse, np.ones((64, 64, 1), np.float32))[:side, :side]
+    top = np.iinfo(dtype).max
+    image = np.empty((side, side, channels), dtype=dtype)
+    for y in range(0, side, 1024):  # bounded temporary memory
+        band = field[y:y + 1024] * 0.8 + rng.random(field[y:y + 1024].shape, dtype=np.float32) * 0.2
+        image[y:y + 1024] = (band * top).astype(dtype)
+    return image[..., 0] if channels == 1 else image
+
+
+def measure(case: str, width: int, blocks: int, precision: str) -> dict:
+    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
+    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+
+    side, channels, dtype, tile = CASES[case]
+    torch.manual_seed(0)
+    generator = ResnetGenerator(GeneratorConfig(channels=3, width=width, blocks=blocks)).eval()
+    image = synthetic_image(side, channels, dtype)
+    options = RestoreOptions(device="cpu", tile=tile, precision=precision)
+    restore_array(generator, image[:64, :64], options)  # warm-up
+    start = time.perf_counter()
+    restore_array(generator, image, options)
+    seconds = time.perf_counter() - start
+    megapixels = side * side / 1e6
+    useful = conv_flops_per_pixel(generator) * side * side  # grey and RGB both take one pass
+    return {"case": case, "width": width, "blocks": blocks, "precision": precision, "seconds": seconds,
+            "mp_per_s": megapixels / seconds, "gflop_per_s": useful / seconds / 1e9,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="default: all")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=9)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--json", help="write the results here as well")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.width, args.blocks, args.precision)))
+        return
+
+    # bf16 at 512² only: without native bf16 (AVX2 machines) a 2048² product takes minutes
+    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, n=512, repeat=2)
+    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"matmul: fp32 {fp32:.0f} GFLOP/s (2048²), bf16 {bf16:.1f} GFLOP/s (512²); network width {args.width}, "
+          f"{args.blocks} blocks, {args.precision}")
+    print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB |", flush=True)
+    print("|---|---|---|---|---|---|")
+    results = []
+    for case in args.cases or list(CASES):
+        child = [sys.executable, __file__, "--child", case, "--width", str(args.width), "--blocks", str(args.blocks),
+                 "--precision", args.precision]
+        r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+        results.append(r)
+        print(f"| {case} | {r['seconds']:.1f} | {r['mp_per_s']:.3f} | {r['gflop_per_s']:.0f} | "
+              f"{r['gflop_per_s'] / fp32:.0%} | {r['peak_rss_mb']:.0f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.platform(), "torch": torch.__version__, "matmul_fp32": fp32,
+                       "matmul_bf16": bf16, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from .config import TrainConfig
 from .image_files import atomic_write_bytes
 from .networks import GeneratorConfig, ResnetGenerator
 
@@ -169,7 +170,8 @@ def load_train_state(checkpoint: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{checkpoint}: no {STATE_FILE}, cannot resume (weights can still be used with --init)")
+        raise CheckpointError(f"{checkpoint}: no {STATE_FILE}, cannot resume (weights can still be used with --init)"
+                              ) from None
     except Exception as exc:
         raise CheckpointError(f"{path}: corrupt training state ({type(exc).__name__}: {exc})") from exc
 
@@ -201,7 +203,6 @@ def load_restorer(path: str | Path, prefer_ema: bool = True) -> ResnetGenerator:
         prefix = ""
     else:
         meta = read_meta(file.parent)
-        from .config import TrainConfig
         cfg = TrainConfig.from_dict(meta["config"]).generator_config()
         prefix = "ema_restorer." if prefer_ema and any(k.startswith("ema_restorer.") for k in tensors) else "restorer."
     restorer = ResnetGenerator(cfg)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
+            warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
             return args.run(args)
     except (DataError, CheckpointError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

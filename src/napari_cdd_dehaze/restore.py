@@ -140,5 +140,4 @@ def _run_channels(runner: TiledRunner, source: np.ndarray, sink: np.ndarray, job
             unit = unit.mean(axis=-1, keepdims=True)
         sink[y0:y1, x0:x1, job] = imap.from_unit(unit)
 
-    runner.progress = progress
-    runner.run(read, write, ph, pw)
+    runner.run(read, write, ph, pw, progress)

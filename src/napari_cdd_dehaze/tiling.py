@@ -93,23 +93,22 @@ class TiledRunner:
 
     ``tile``: 0 runs the whole image at once; ``None`` runs it whole up to ``whole_max_pixels`` and in
     512-pixel tiles beyond; a number is the tile core size (rounded down to a multiple of 4, at least 64).
-    ``margin`` is the context around each core (default: the receptive-field radius). ``progress(done,
-    total)`` is called after each tile and ``should_stop()`` before each; when it returns True,
+    ``margin`` is the context around each core (default: the receptive-field radius). ``should_stop()``
+    is called before each tile; when it returns True,
     :class:`Cancelled` is raised. On an out-of-memory error the tile size is halved (down to 64) and the
     image is started again.
     """
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
                  margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
-                 autocast_dtype: torch.dtype | None = None, progress: Callable[[int, int], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, should_stop: Callable[[], bool] | None = None) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels
         self.margin = default_margin(generator) if margin is None else -(-margin // 4) * 4
         self.stats_max_pixels = stats_max_pixels
         self.autocast_dtype = autocast_dtype
-        self.progress, self.should_stop = progress, should_stop
+        self.should_stop = should_stop
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -139,20 +138,23 @@ class TiledRunner:
 
     @torch.inference_mode()
     def run(self, read: ReadWindow, write: Callable[[int, int, int, int, torch.Tensor], None],
-            height: int, width: int) -> None:
-        """Restore the ``height``×``width`` image behind ``read`` (both multiples of 4) into ``write``."""
+            height: int, width: int, progress: Callable[[int, int], None] | None = None) -> None:
+        """Restore the ``height``×``width`` image behind ``read`` (both multiples of 4) into ``write``.
+
+        ``progress(done, total)`` is called after each tile.
+        """
         tile, stats = self.tile_for(height, width), None
         while True:
             try:
                 if tile >= max(height, width):  # whole image: its own statistics, one pass
                     self._check_stop()
                     write(0, height, 0, width, self._forward(read(0, height, 0, width)))
-                    if self.progress is not None:
-                        self.progress(1, 1)
+                    if progress is not None:
+                        progress(1, 1)
                     return
                 stats = stats or self.statistics(read, height, width)
                 with imposed_statistics(self.generator, stats):
-                    self._run_tiles(read, write, height, width, tile)
+                    self._run_tiles(read, write, height, width, tile, progress)
                 return
             except (RuntimeError, torch.OutOfMemoryError) as exc:
                 if not _is_out_of_memory(exc) or tile <= 64:
@@ -165,7 +167,7 @@ class TiledRunner:
         if self.should_stop is not None and self.should_stop():
             raise Cancelled("restoration cancelled")
 
-    def _run_tiles(self, read, write, height: int, width: int, tile: int) -> None:
+    def _run_tiles(self, read, write, height: int, width: int, tile: int, progress) -> None:
         t, m = tile, self.margin
         cores = [(y, x) for y in range(0, height, t) for x in range(0, width, t)]
         for done, (y, x) in enumerate(cores):
@@ -174,5 +176,5 @@ class TiledRunner:
             oy0, ox0, oy1, ox1 = max(0, y - m), max(0, x - m), min(height, y1 + m), min(width, x1 + m)
             out = self._forward(read(oy0, oy1, ox0, ox1))
             write(y, y1, x, x1, out[..., y - oy0: y1 - oy0, x - ox0: x1 - ox0])
-            if self.progress is not None:
-                self.progress(done + 1, len(cores))
+            if progress is not None:
+                progress(done + 1, len(cores))

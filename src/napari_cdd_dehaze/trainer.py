@@ -108,10 +108,6 @@ class Trainer:
         """Ask the loop to stop after the current step; it saves a checkpoint and reports "stopped"."""
         self._stop.set()
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
     def run(self, callback: Callable[[TrainEvent], None] | None = None) -> TrainEvent:
         """Train to the end (or until stopped); every event goes to ``callback``; returns the last one."""
         event = None

@@ -20,3 +20,12 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError(f"device {name!r} requested but Apple MPS is not available; use --device cpu or auto")
     return device
+
+
+def available_devices() -> list[str]:
+    """``auto`` and the devices present on this machine, for a user to choose from."""
+    devices = ["auto"]
+    devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]

@@ -77,3 +77,18 @@ def write_demo_folders(out: str | Path, seed: int = 0) -> dict[str, Path]:
         write_image(folders["degraded"] / f"{name}_left.png", to_u8(random_haze(photo[:, :half], rng)))
         write_image(folders["clean"] / f"{name}_right.png", to_u8(photo[:, half:]))
     return folders
+
+
+def add_out_of_focus_background(clean: np.ndarray, strength: float = 0.7, sigma: float = 30.0,
+                                offset: float = 0.08) -> np.ndarray:
+    """Widefield-microscopy "haze": light from out-of-focus planes adds a blurred copy of the specimen.
+
+    ``clean`` (H, W) in [0, 1]; the result is ``(1 − s)·clean + s·blur(clean, sigma)·gain + offset`` with the
+    gain chosen so the veil's mean matches the specimen's — low contrast, lifted blacks, like a thick sample.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    clean = clean.astype(np.float32)
+    veil = gaussian_filter(clean, sigma, mode="reflect")
+    veil *= clean.mean() / max(float(veil.mean()), 1e-6)
+    return np.clip((1 - strength) * clean + strength * veil + offset, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,151 @@
+"""The Restore widget: pick an image layer and a model, restore it in a worker thread, get a new layer."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from qtpy.QtCore import QTimer
+
+from ..devices import available_devices
+from .common import default_model_available, image_layer_choices, make_worker, notify_error, run_label
+from .session import TRAINED_MODELS
+
+if TYPE_CHECKING:
+    import napari
+
+CHECKPOINT_FILE = "checkpoint file…"
+
+
+class RestoreWidget(Container):
+    """Image layer + model (bundled default, classical, trained here, or a file) + device + tile → new layer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(self.viewer))
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
+        self.device = ComboBox(label="device", choices=available_devices(), value="auto")
+        self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=16384, step=64,
+                            tooltip="tile size in pixels; 0 runs small images whole and large ones in 512-pixel "
+                                    "tiles. Tiles share the whole image's normalisation statistics, so no seams.")
+        self.run_button = PushButton(text="Restore")
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        self.extend([self.image, self.model, self.checkpoint, self.device, self.tile, self.run_button,
+                     self.progress, self.status])
+
+        self.model.changed.connect(lambda: setattr(self.checkpoint, "visible", self.model.value == CHECKPOINT_FILE))
+        self.run_button.changed.connect(self._run_or_cancel)
+        # napari calls reset_choices() of a docked magicgui widget whenever layers change
+        TRAINED_MODELS.subscribe(self._refresh_models)
+        self.native.destroyed.connect(lambda *_: self._shutdown())
+
+        self.worker = None
+        self._cancel = False
+        self._done: tuple[int, int] = (0, 1)   # written by the worker thread, read by the timer
+        self._timer = QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
+
+    # ------------------------------------------------------------------ choices
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        from ..models import BUILTIN_MODELS
+
+        choices = [("bundled default", "default")] if default_model_available() else []
+        choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name != "identity"]
+        choices += [(run_label(run), str(run)) for run in reversed(TRAINED_MODELS.runs())]
+        return choices + [(CHECKPOINT_FILE, CHECKPOINT_FILE)]
+
+    def _refresh_models(self) -> None:
+        self.model.reset_choices()
+        runs = TRAINED_MODELS.runs()
+        if runs:  # the model just trained is what the user most likely wants next
+            self.model.value = str(runs[-1])
+
+    # ------------------------------------------------------------------ running
+    def _run_or_cancel(self) -> None:
+        if self.worker is not None:
+            self._cancel = True
+            self.status.value = "cancelling after this tile…"
+            return
+        layer = self.image.value
+        if layer is None:
+            notify_error("Choose an image layer to restore (open an image or load a sample first).")
+            return
+        spec = self.model.value
+        if spec == CHECKPOINT_FILE:
+            path = Path(self.checkpoint.value)
+            if not path.is_file():
+                notify_error("Choose a model file (.safetensors) to restore with.")
+                return
+            spec = str(path)
+        self._start(layer, spec)
+
+    def _start(self, layer, spec: str) -> None:
+        from ..restore import RestoreOptions
+        from ..tiling import Cancelled
+
+        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        channel_axis = -1 if layer.rgb else None  # napari's rgb flag says whether the last axis is colour
+        options = RestoreOptions(device=self.device.value, tile=self.tile.value or None,
+                                 progress=self._record_progress, should_stop=lambda: self._cancel)
+
+        def restore():
+            from ..models import load_model
+            from ..restore import restore_array
+
+            model = load_model(spec)
+            started = time.perf_counter()
+            try:
+                return restore_array(model, data, options, channel_axis=channel_axis), time.perf_counter() - started
+            except Cancelled:
+                return None
+
+        self._cancel, self._done = False, (0, 1)
+        self.worker = make_worker(restore, error_prefix=f"Restoring {layer.name} failed")
+        self.worker.returned.connect(lambda result: self._finished(layer, result))
+        self.worker.finished.connect(self._idle)
+        self.run_button.text = "Cancel"
+        self.progress.visible, self.progress.value = True, 0
+        self.status.value = f"restoring {layer.name}…"
+        self._timer.start()
+        self.worker.start()
+
+    def _record_progress(self, done: int, total: int) -> None:
+        self._done = (done, total)  # called in the worker thread; the GUI reads it on a timer
+
+    def _show_progress(self) -> None:
+        done, total = self._done
+        self.progress.max, self.progress.value = max(total, 1), done
+
+    def _finished(self, layer, result) -> None:
+        if result is None:
+            self.status.value = "cancelled"
+            return
+        restored, seconds = result
+        name = f"{layer.name} (restored)"
+        kwargs = {"scale": layer.scale, "translate": layer.translate, "rgb": layer.rgb, "name": name,
+                      "contrast_limits": layer.contrast_limits}
+        if not layer.rgb:
+            kwargs["colormap"] = layer.colormap.name
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = restored
+        else:
+            self.viewer.add_image(restored, **kwargs)
+        self._show_progress()
+        self.status.value = f"{name}: {restored.shape} {restored.dtype} in {seconds:.1f} s"
+
+    def _idle(self) -> None:
+        self._timer.stop()
+        self.worker = None
+        self.run_button.text = "Restore"
+        self.progress.visible = False
+
+    def _shutdown(self) -> None:
+        """The viewer is closing: stop the worker between tiles and stop listening."""
+        TRAINED_MODELS.unsubscribe(self._refresh_models)
+        self._cancel = True

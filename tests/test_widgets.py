@@ -1,0 +1,201 @@
+"""The napari widgets in a real viewer (Xvfb through pytest-xvfb): restore, cancel, train/stop/resume, bad input."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from napari_cdd_dehaze.checkpoint import latest_checkpoint, load_restorer, save_restorer  # noqa: E402
+from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator  # noqa: E402
+from napari_cdd_dehaze.widgets.restore_widget import CHECKPOINT_FILE  # noqa: E402
+
+PLUGIN = "napari-cdd-dehaze"
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_restorer(path, ResnetGenerator(GeneratorConfig(channels=3, width=8, blocks=2)), {"method": "test"})
+    return path
+
+
+@pytest.fixture
+def notifications():
+    """Every notification shown while the test runs (messages), newest last."""
+    seen: list = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def dock(viewer, name: str):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def restore_with_file(widget, model_file, layer) -> None:
+    widget.image.value = layer
+    widget.model.value = CHECKPOINT_FILE
+    widget.checkpoint.value = model_file
+    widget.run_button.changed.emit(True)
+
+
+def wait_idle(qtbot, widget, timeout_ms: int = 60_000) -> None:
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout_ms)
+
+
+def test_manifest_registers_both_widgets_and_the_filter_menu(make_napari_viewer):
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution(PLUGIN)
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Restore", "Train / finetune"}
+    filters = manifest.contributions.menus["napari/layers/filter"]
+    assert any(item.command == f"{PLUGIN}.restore_widget" for item in filters)
+    viewer = make_napari_viewer()
+    assert type(dock(viewer, "Restore")).__name__ == "RestoreWidget"
+    assert type(dock(viewer, "Train / finetune")).__name__ == "TrainWidget"
+
+
+@pytest.mark.parametrize("kind", ["grey uint16", "rgb uint8", "stack uint8"])
+def test_restore_makes_a_layer_like_the_input(make_napari_viewer, qtbot, model_file, kind):
+    rng = np.random.default_rng(0)
+    data, scale = {
+        "grey uint16": (rng.integers(0, 4096, (40, 52), dtype=np.uint16), (2.0, 3.0)),
+        "rgb uint8": (rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), (0.5, 0.5)),
+        "stack uint8": (rng.integers(0, 256, (3, 36, 44), dtype=np.uint8), (4.0, 0.5, 0.5)),
+    }[kind]
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name="input", scale=scale, translate=(0,) * (data.ndim - (kind == "rgb uint8")))
+    widget = dock(viewer, "Restore")
+    restore_with_file(widget, model_file, layer)
+    wait_idle(qtbot, widget)
+    out = viewer.layers["input (restored)"]
+    assert out.data.shape == data.shape and out.data.dtype == data.dtype
+    assert np.allclose(out.scale, layer.scale) and out.rgb == layer.rgb
+    assert not np.array_equal(out.data, data)  # the network ran
+    assert "input (restored)" in widget.status.value
+
+
+def test_gui_stays_responsive_and_progress_counts_tiles(make_napari_viewer, qtbot, model_file):
+    from qtpy.QtCore import QTimer
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(1).random((384, 384), dtype=np.float32), name="big")
+    widget = dock(viewer, "Restore")
+    widget.tile.value = 64
+    ticks, maxima = [], []
+    timer = QTimer()
+    timer.timeout.connect(lambda: (ticks.append(time.monotonic()), maxima.append(widget.progress.max)))
+    timer.start(20)
+    started = time.monotonic()
+    restore_with_file(widget, model_file, layer)
+    wait_idle(qtbot, widget)
+    elapsed = time.monotonic() - started
+    timer.stop()
+    # the event loop ran throughout: ticks every 20 ms kept coming while the worker computed
+    assert len(ticks) >= 0.5 * elapsed / 0.02 and len(ticks) >= 5
+    assert max(maxima) == 36  # 6 × 6 tiles of 64 px
+    assert viewer.layers["big (restored)"].data.dtype == np.float32
+
+
+def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, model_file):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(2).random((3, 512, 512), dtype=np.float32), name="stack")
+    widget = dock(viewer, "Restore")
+    widget.tile.value = 64
+    restore_with_file(widget, model_file, layer)
+    qtbot.waitUntil(lambda: widget._done[0] >= 1, timeout=30_000)
+    assert widget.run_button.text == "Cancel"
+    widget.run_button.changed.emit(True)
+    wait_idle(qtbot, widget)
+    assert widget.status.value == "cancelled"
+    assert "stack (restored)" not in viewer.layers
+    assert widget.run_button.text == "Restore"
+
+
+def test_train_stop_resume_preview_and_model_list(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
+    degraded, clean = unpaired_folders
+    viewer = make_napari_viewer()
+    target = viewer.add_image(np.random.default_rng(3).integers(0, 256, (80, 90, 3), dtype=np.uint8), name="hazy")
+    restore = dock(viewer, "Restore")
+    train = dock(viewer, "Train / finetune")
+    run_dir = tmp_path / "run"
+    train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.steps.value, train.crop.value, train.device.value = 200, 32, "cpu"
+    train.preview_layer.value, train.preview_every.value = target, 2
+    train.start_button.changed.emit(True)
+    assert train.start_button.text == "Stop"
+    qtbot.waitUntil(lambda: train.progress.value >= 4 or train.worker is None, timeout=300_000)
+    assert train.worker is not None, train.status.value
+    train.start_button.changed.emit(True)  # Stop
+    wait_idle(qtbot, train, 120_000)
+    stopped_at = train.progress.value
+    assert 4 <= stopped_at < 200 and f"stopped at step {stopped_at}" in train.status.value
+    assert latest_checkpoint(run_dir).name.endswith(f"{stopped_at:08d}") or str(stopped_at) in latest_checkpoint(
+        run_dir).name
+    assert load_restorer(run_dir).config.width == 32  # the cpu preset's network, loadable
+    # the loss plot drew every step of every term, the preview sits over the crop it restored
+    assert set(train.plot.lines) >= {"gan", "nce", "cycle", "identity", "critics", "nce vs generated negatives"}
+    assert all(len(line.get_xdata()) == stopped_at for line in train.plot.lines.values())
+    preview = viewer.layers["training preview"]
+    assert preview.data.shape == (80, 90, 3) and preview.data.dtype == np.uint8
+    # the model is offered in the Restore widget at once, and selected
+    assert restore.model.value == str(run_dir.resolve())
+    # Resume continues the step count to the new total
+    train.steps.value = stopped_at + 3
+    train.resume_button.changed.emit(True)
+    wait_idle(qtbot, train, 120_000)
+    assert f"finished at step {stopped_at + 3}" in train.status.value
+    assert train.plot.steps[-1] == stopped_at + 3 and len(train.plot.steps) == stopped_at + 3
+
+
+def test_bad_input_is_a_notification_and_the_viewer_stays_usable(make_napari_viewer, qtbot, tmp_path,
+                                                                   notifications, unpaired_folders):
+    viewer = make_napari_viewer()
+    restore = dock(viewer, "Restore")
+    train = dock(viewer, "Train / finetune")
+
+    restore.run_button.changed.emit(True)  # no image layer at all
+    assert restore.worker is None and "Choose an image layer" in str(notifications[-1].message)
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file")
+    layer = viewer.add_image(np.zeros((32, 32), np.uint8), name="img")
+    restore_with_file(restore, corrupt, layer)
+    wait_idle(qtbot, restore)
+    assert "Restoring img failed" in str(notifications[-1].message) and "corrupt" in str(notifications[-1].message)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train.degraded.value, train.clean.value = empty, unpaired_folders[1]
+    train.run_dir.value = tmp_path / "run"
+    train.start_button.changed.emit(True)
+    wait_idle(qtbot, train)
+    assert "Training failed" in str(notifications[-1].message) and "empty" in str(notifications[-1].message)
+    assert train.start_button.text == "Start"
+    viewer.add_image(np.ones((8, 8)), name="still works")
+    assert "still works" in viewer.layers and viewer.layers["still works"] in restore.image.choices
+
+
+def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
+    degraded, clean = unpaired_folders
+    viewer = make_napari_viewer()
+    train = dock(viewer, "Train / finetune")
+    run_dir = tmp_path / "run"
+    train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.steps.value, train.crop.value, train.device.value = 10_000, 32, "cpu"
+    train.start_button.changed.emit(True)
+    qtbot.waitUntil(lambda: train.progress.value >= 1, timeout=60_000)
+    worker = train.worker
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None and load_restorer(run_dir) is not None

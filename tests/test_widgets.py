@@ -1,6 +1,8 @@
 """The napari widgets in a real viewer (Xvfb through pytest-xvfb): restore, cancel, train/stop/resume, bad input."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -8,6 +10,9 @@ import pytest
 
 napari = pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
+if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+    pytest.skip("no display: on a headless machine install Xvfb (see README) so pytest-xvfb can start one",
+                allow_module_level=True)
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 

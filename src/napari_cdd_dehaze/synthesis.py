@@ -92,3 +92,47 @@ def add_out_of_focus_background(clean: np.ndarray, strength: float = 0.7, sigma:
     veil = gaussian_filter(clean, sigma, mode="reflect")
     veil *= clean.mean() / max(float(veil.mean()), 1e-6)
     return np.clip((1 - strength) * clean + strength * veil + offset, 0.0, 1.0).astype(np.float32)
+
+
+def depth_prior(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plausible relative depth (0 near … 1 far) for a photo without measured depth.
+
+    Outdoor photos are far at the top and near at the bottom: a vertical ramp with a random horizon,
+    steepness and tilt, plus gentle large-scale variation, refined with a guided filter on the photo so
+    that the haze changes at object edges rather than across them.
+    """
+    from scipy.ndimage import gaussian_filter, zoom
+
+    from .classical import grey, guided_filter
+
+    h, w = clean.shape[:2]
+    horizon, near, gamma = rng.uniform(0.15, 0.55), rng.uniform(0.05, 0.35), rng.uniform(0.6, 1.6)
+    rows = np.clip((np.linspace(0, 1, h) - horizon) / (1 - horizon), 0, 1) ** gamma
+    ramp = 1 - (1 - near) * rows[:, None] + rng.uniform(-0.15, 0.15) * np.linspace(-1, 1, w)[None, :]
+    coarse = gaussian_filter(rng.normal(size=(max(2, h // 32), max(2, w // 32))), 1.5)
+    variation = zoom(coarse, (h / coarse.shape[0], w / coarse.shape[1]), order=1)[:h, :w]
+    depth = ramp + 0.08 * variation / max(float(np.abs(variation).max()), 1e-6)
+    refined = guided_filter(grey(clean), depth.astype(np.float32), radius=max(4, min(h, w) // 24), eps=1e-3)
+    return np.clip(refined, 0, 1).astype(np.float32)
+
+
+def measured_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """Metric depth (0 = unknown) → relative depth in [0, 1] of the scene's far point, holes filled."""
+    from scipy.ndimage import distance_transform_edt
+
+    valid = depth_mm > 0
+    if not valid.any():
+        raise ValueError("the depth map holds no valid value")
+    nearest = distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    filled = depth_mm[tuple(nearest)].astype(np.float32)
+    return filled / filled.max()
+
+
+def haze_with_depth(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clean`` under haze of random density and (slightly tinted) airlight for a relative ``depth``.
+
+    The density is drawn so that the farthest point keeps 5–55 % of its light (β from 0.6 to 3 per unit depth).
+    """
+    beta = rng.uniform(0.6, 3.0)
+    airlight = np.clip(rng.uniform(0.7, 1.0) + rng.uniform(-0.04, 0.04, size=3 if clean.ndim == 3 else 1), 0, 1)
+    return add_haze(clean, depth, beta, tuple(airlight))

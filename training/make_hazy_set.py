@@ -1,0 +1,88 @@
+"""Build the unpaired training set of the bundled default model from clear photos (and measured depth).
+
+    python training/make_hazy_set.py --clear SHARED/train/clear --depth SHARED/train/depth --out DATA [--versions 2]
+
+* The photos are split in two by a hash of their path: one half is hazed (``DATA/degraded``), the other
+  half is copied as the clean domain (``DATA/clean``) — the two domains never show the same scene.
+* Hazing uses the atmospheric scattering model with a depth prior (``synthesis.depth_prior``) for photos
+  and the measured depth for the Middlebury scenes (all of which go to the degraded side), each image
+  ``--versions`` times with a different density and airlight.
+* Deterministic for a given ``--seed``. Images are written as PNG; the long side is capped at ``--max-side``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_cdd_dehaze.data import list_images
+from napari_cdd_dehaze.image_files import ImageReadError, read_image, write_image
+from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, measured_depth
+
+
+def unit_rgb(image: np.ndarray) -> np.ndarray:
+    scale = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+    image = image.astype(np.float32) / scale
+    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+
+
+def shrink(image: np.ndarray, max_side: int) -> np.ndarray:
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    s = max_side / max(h, w)
+    return resize(image, (round(h * s), round(w * s)), anti_aliasing=True, preserve_range=True).astype(np.float32)
+
+
+def to_u8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clear", required=True, help="folder of clear photos (read recursively)")
+    parser.add_argument("--depth", help="folder of <scene>/{rgb.png,depth_mm.png} with measured depth")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--versions", type=int, default=2, help="hazy versions per degraded-side image")
+    parser.add_argument("--max-side", type=int, default=768)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    counts = {"degraded": 0, "clean": 0, "skipped": 0}
+    for path in list_images(args.clear):
+        name = "_".join(path.relative_to(args.clear).with_suffix("").parts)
+        to_haze = hashlib.sha1(name.encode()).digest()[0] % 2 == 0
+        try:
+            photo = shrink(unit_rgb(read_image(path)), args.max_side)
+        except ImageReadError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            counts["skipped"] += 1
+            continue
+        if not to_haze:
+            write_image(out / "clean" / f"{name}.png", to_u8(photo))
+            counts["clean"] += 1
+            continue
+        for v in range(args.versions):
+            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng)
+            write_image(out / "degraded" / f"{name}_h{v}.png", to_u8(hazy))
+            counts["degraded"] += 1
+    for scene in sorted(Path(args.depth).iterdir()) if args.depth else []:
+        photo = unit_rgb(read_image(scene / "rgb.png"))
+        depth = measured_depth(read_image(scene / "depth_mm.png"))
+        for v in range(args.versions):
+            write_image(out / "degraded" / f"middlebury_{scene.name}_h{v}.png",
+                        to_u8(haze_with_depth(photo, depth, rng)))
+            counts["degraded"] += 1
+    print(f"{out}: {counts['degraded']} hazy, {counts['clean']} clean, {counts['skipped']} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -178,7 +178,7 @@ def _image_files(folder: Path) -> tuple[dict[str, Path], list[str]]:
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         key = path.relative_to(folder).with_suffix("").as_posix()
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(path.relative_to(folder).as_posix())
+            skipped.append(f"{path.relative_to(folder).as_posix()} (not PNG, JPEG or TIFF)")
         elif key in found:
             skipped.append(f"{path.relative_to(folder).as_posix()} (same name as {found[key].name})")
         else:
@@ -211,6 +211,8 @@ def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list
              tile: int | None = None, log: Callable[[str], None] | None = None) -> Report:
     """Run every method on every image of every folder and collect the scores (see the module docstring)."""
     from .checkpoint import CheckpointError
+    from .classical import ClassicalDehazer
+    from .devices import pick_device
     from .models import load_model
 
     log = log or (lambda message: None)
@@ -232,6 +234,8 @@ def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list
             log(f"error: method {spec}: {exc}")
     if not loaded:
         raise EvaluationError("no method could be loaded: " + "; ".join(method_errors.values()))
+    if any(not isinstance(m, ClassicalDehazer) for m in loaded.values()):
+        device = pick_device(device)  # an absent device is one error here, not one per image
 
     start = time.perf_counter()
     names = [f.name for f, _ in folders]
@@ -268,7 +272,7 @@ def _evaluate_set(result: SetResult, folder: Path, methods: dict, device: str, t
     else:
         hazy, skipped = _image_files(folder)
         keys = sorted(hazy, key=_natural)
-    result.notes += [f"skipped (not PNG, JPEG or TIFF): {s}" for s in skipped]
+    result.notes += [f"skipped: {s}" for s in skipped]
     options = RestoreOptions(device=device, tile=tile)
     for key in keys:
         label = hazy[key].relative_to(hazy_dir if result.kind == "paired" else folder).as_posix()

@@ -10,6 +10,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import PRESETS, preset
 from .data import DataError
+from .models import BUILTIN_MODELS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -51,19 +52,20 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from .checkpoint import load_restorer
     import numpy as np
-
-    from .image_files import ImageReadError, mapped_tiff_output, read_image, write_image
-    from .restore import restore_array
-
     from tqdm import tqdm
 
     from .devices import pick_device
-    from .restore import RestoreOptions
+    from .image_files import ImageReadError, mapped_tiff_output, read_image, write_image
+    from .models import load_model
+    from .restore import RestoreOptions, restore_array
 
+    if args.model and args.method:
+        raise ValueError("give --model or --method, not both (--method X is the same as --model X)")
+    if not (args.model or args.method):
+        raise ValueError("say what to restore with: --model RUN_DIR|FILE|default, or --method dcp|cap")
     device = pick_device(args.device)
-    restorer = load_restorer(args.model)
+    restorer = load_model(args.model or args.method)
     out_dir = Path(args.out)
     failed = 0
     for name in args.images:
@@ -72,7 +74,7 @@ def _apply(args: argparse.Namespace) -> int:
             image = read_image(path, memory_map=True)
             suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
             target = out_dir / (path.stem + suffix)
-            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+            with tqdm(desc=path.name, leave=False) as bar:
                 def progress(done: int, total: int) -> None:
                     bar.total = total
                     bar.update(done - bar.n)
@@ -91,6 +93,19 @@ def _apply(args: argparse.Namespace) -> int:
     if failed:
         print(f"error: {failed} of {len(args.images)} image(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(args.paired, args.unpaired, args.method, device=args.device, tile=args.tile,
+                      log=lambda message: print(message, file=sys.stderr))
+    md, js = report.write(args.out)
+    print(report.summary_table())
+    print(f"report: {md} and {js} ({report.seconds:.0f} s)", file=sys.stderr)
+    if report.failures:
+        print(f"error: {report.failures} method(s) or image(s) failed; see the report", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -124,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="restore images with a trained model")
     apply.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files")
     apply.add_argument("--out", required=True, help="folder for the restored images (same names, shapes, dtypes)")
-    apply.add_argument("--model", required=True, help="run folder, checkpoint folder or .safetensors file")
+    apply.add_argument("--model", help="run folder, checkpoint folder or .safetensors file, or a built-in name: "
+                                        + ", ".join(BUILTIN_MODELS))
+    apply.add_argument("--method", help="same as --model, for the built-in methods (e.g. --method dcp)")
     apply.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     apply.add_argument("--tile", type=int, help="tile size in pixels; 0 = whole image (default: whole up to 2048², "
                                                 "512-pixel tiles beyond)")
@@ -133,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
                                                    "network's receptive-field radius, which makes tiles exact)")
     apply.set_defaults(run=_apply)
+
+    ev = sub.add_parser("eval", help="score methods on paired (hazy/clear) and unpaired folders; Markdown + JSON "
+                                     "report")
+    ev.add_argument("--paired", nargs="+", action="extend", default=[], metavar="DIR",
+                    help="folders holding hazy/ and clear/ (or degraded/ and clean/) with matching file names")
+    ev.add_argument("--unpaired", nargs="+", action="extend", default=[], metavar="DIR",
+                    help="folders of hazy images without ground truth (read recursively)")
+    ev.add_argument("--method", nargs="+", action="extend", required=True, metavar="METHOD",
+                    help="built-in names (" + ", ".join(BUILTIN_MODELS) + ") or trained model paths")
+    ev.add_argument("--out", required=True, help="folder for report.md and report.json")
+    ev.add_argument("--device", default="auto", help="for learned models: auto (default), cpu, cuda, mps")
+    ev.add_argument("--tile", type=int, help="tile size for learned models (default as in apply)")
+    ev.set_defaults(run=_eval)
 
     synth = sub.add_parser("synth-haze", help="write a small unpaired hazy/clean demo set from scikit-image photos")
     synth.add_argument("out", help="folder to create (degraded/, clean/, test/hazy, test/clear)")

@@ -13,20 +13,24 @@
 * **Size**: images are padded to a multiple of 4 (reflection; replication for tiny ones) and run whole or in
   tiles (:mod:`~napari_cdd_dehaze.tiling`); tiles are read from and written to the arrays window by window,
   so memory stays bounded by the tile size, not the image.
+* **Classical dehazers** (:class:`~napari_cdd_dehaze.classical.ClassicalDehazer`) share all of the above except
+  tiling: their airlight is a global estimate, so each plane runs whole (in memory), progress counts planes
+  and ``should_stop`` is honoured between planes. A grey channel is given to them as grey.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .classical import ClassicalDehazer
+from .devices import pick_device
 from .image_files import IntensityMap
 from .networks import ResnetGenerator
-from .tiling import TiledRunner
-from .devices import pick_device
+from .tiling import Cancelled, TiledRunner
 
 MIN_SIDE = 16  # smaller images are padded up to this for the two downsamplings and reflection pads
 
@@ -58,7 +62,10 @@ def plane_ndim(shape: tuple[int, ...], channel_axis: int | None | str = "auto") 
     return 3
 
 
-def restore_array(restorer: ResnetGenerator, array: np.ndarray, options: RestoreOptions | None = None,
+Restorer = ResnetGenerator | ClassicalDehazer
+
+
+def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions | None = None,
                   channel_axis: int | None | str = "auto", out: np.ndarray | None = None) -> np.ndarray:
     """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
 
@@ -73,6 +80,14 @@ def restore_array(restorer: ResnetGenerator, array: np.ndarray, options: Restore
     imap = IntensityMap.for_array(array)
     out = np.empty_like(array) if out is None else out
     planes = list(np.ndindex(array.shape[:array.ndim - plane_ndim(array.shape, channel_axis)]))
+    if isinstance(restorer, ClassicalDehazer):
+        for i, index in enumerate(planes):
+            if options.should_stop is not None and options.should_stop():
+                raise Cancelled("restoration cancelled")
+            restore_plane_whole(restorer, array[index], imap, out[index], alpha=channel_axis == "auto")
+            if options.progress:
+                options.progress(i + 1, len(planes))
+        return out
     runner = _runner(restorer, options)
     for i, index in enumerate(planes):
         step = (lambda done, total, i=i: options.progress(i * total + done, len(planes) * total)) \
@@ -102,16 +117,34 @@ def restore_plane(runner: TiledRunner, plane: np.ndarray, imap: IntensityMap, ou
     With ``alpha``, the last of 2 or 4 channels is alpha and is copied, not restored.
     """
     channels = runner.generator.config.channels
+    colour, sink, jobs = _channel_jobs(plane, out, channels, alpha)
+    for j, job in enumerate(jobs):
+        step = (lambda done, total, j=j: progress(j * total + done, len(jobs) * total)) if progress else None
+        _run_channels(runner, colour, sink, job, imap, channels, step)
+
+
+def _channel_jobs(plane: np.ndarray, out: np.ndarray, channels: int,
+                  alpha: bool) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """(H, W, C) views of ``plane`` and ``out`` and the channel groups to restore; alpha is copied here.
+
+    All colour channels form one group when there are as many as the model takes; otherwise each is restored
+    alone as grey.
+    """
     colour = plane[..., None] if plane.ndim == 2 else plane
     sink = out[..., None] if out.ndim == 2 else out
     n = colour.shape[-1]
     if alpha and n in (2, 4):  # grey+alpha or RGBA: alpha passes through
         sink[..., -1] = colour[..., -1]
         n -= 1
-    jobs = [list(range(n))] if n == channels else [[c] for c in range(n)]
-    for j, job in enumerate(jobs):
-        step = (lambda done, total, j=j: progress(j * total + done, len(jobs) * total)) if progress else None
-        _run_channels(runner, colour, sink, job, imap, channels, step)
+    return colour, sink, [list(range(n))] if n == channels else [[c] for c in range(n)]
+
+
+def restore_plane_whole(dehazer: ClassicalDehazer, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
+                        alpha: bool = True) -> None:
+    """Restore one (H, W) or (H, W, C) plane with a classical dehazer, whole, into ``out``."""
+    colour, sink, jobs = _channel_jobs(plane, out, dehazer.channels, alpha)
+    for job in jobs:
+        sink[..., job] = imap.from_unit(dehazer(imap.to_unit(colour[..., job])))
 
 
 def _run_channels(runner: TiledRunner, source: np.ndarray, sink: np.ndarray, job: list[int], imap: IntensityMap,

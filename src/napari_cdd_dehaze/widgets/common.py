@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
-
-
 def default_model_available() -> bool:
+    from ..models import DEFAULT_WEIGHTS
+
     return DEFAULT_WEIGHTS.is_file()
 
 

@@ -56,7 +56,7 @@ class RestoreWidget(Container):
         from ..models import BUILTIN_MODELS
 
         choices = [("bundled default", "default")] if default_model_available() else []
-        choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name != "identity"]
+        choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in ("default", "identity")]
         choices += [(run_label(run), str(run)) for run in reversed(TRAINED_MODELS.runs())]
         return choices + [(CHECKPOINT_FILE, CHECKPOINT_FILE)]
 

@@ -11,8 +11,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 
 from ..config import PRESETS, preset
 from ..devices import available_devices
+from ..models import DEFAULT_WEIGHTS
 from .common import (
-    DEFAULT_WEIGHTS,
     default_model_available,
     format_seconds,
     image_layer_choices,

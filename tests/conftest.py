@@ -9,16 +9,16 @@ import torch
 
 from napari_cdd_dehaze.config import TrainConfig, preset
 from napari_cdd_dehaze.image_files import write_image
-from napari_cdd_dehaze.synthesis import demo_photos, random_haze
+from napari_cdd_dehaze.synthesis import demo_photos, random_haze, random_rain
 
 torch.set_num_threads(2)
 
 
 def tiny_config(**changes) -> TrainConfig:
-    """A network small enough for unit tests: width 8, 2 blocks, 32² crops."""
-    base = dict(width=8, blocks=2, disc_width=8, crop=32, num_patches=16, nce_layers=(0, 4, 8, 11), head_dim=32,
-                noise_dim=8, steps=4, checkpoint_every=2, device="cpu", precision="fp32")
-    return preset("paper", **{**base, **changes})
+    """A network small enough for unit tests: width 8, 2 blocks, 32² crops, on the method's ``paper`` preset."""
+    base = dict(width=8, blocks=2, disc_width=8, crop=32, load_size=0, num_patches=16, nce_layers=(0, 4, 8, 11),
+                head_dim=32, noise_dim=8, steps=4, checkpoint_every=2, device="cpu", precision="fp32")
+    return preset("paper", **{**base, **changes})  # changes may name the method: method="dcd-gan"
 
 
 def to_u8(a: np.ndarray) -> np.ndarray:
@@ -39,5 +39,18 @@ def unpaired_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
         photo = photos[name][::2, ::2]
         half = photo.shape[1] // 2
         write_image(degraded / f"{name}.png", to_u8(random_haze(photo[:, :half], rng)))
+        write_image(clean / f"{name}.png", to_u8(photo[:, half:]))
+    return degraded, clean
+
+
+@pytest.fixture
+def rainy_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
+    """degraded/: rainy left halves of 4 photos at half size; clean/: right halves (never the same pixels)."""
+    rng = np.random.default_rng(0)
+    degraded, clean = tmp_path / "rainy", tmp_path / "clear"
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        photo = photos[name][::2, ::2]
+        half = photo.shape[1] // 2
+        write_image(degraded / f"{name}.png", to_u8(random_rain(photo[:, :half], rng, heavy=True)))
         write_image(clean / f"{name}.png", to_u8(photo[:, half:]))
     return degraded, clean

@@ -123,3 +123,30 @@ def test_tiffs_are_restored_window_by_window_and_match_in_memory(unpaired_folder
     expected = restore_array(load_restorer(run), image, RestoreOptions(device="cpu", tile=64))
     assert restored.shape == shape and np.array_equal(restored, expected)
     assert not list((tmp_path / "o").glob(".*"))  # no temporary files left
+
+
+def test_train_dcd_gan_by_method_argument_and_apply(rainy_folders, tmp_path, monkeypatch, capsys):
+    from napari_cdd_dehaze import config
+    from napari_cdd_dehaze.checkpoint import latest_checkpoint, read_meta
+    monkeypatch.setitem(config.DCD_PRESETS, "paper", {**config.DCD_PRESETS["paper"], "width": 8, "blocks": 2, "disc_width": 8,
+                                                    "num_patches": 16, "nce_layers": (0, 4, 8, 11), "head_dim": 32,
+                                                    "load_size": 0})
+    degraded, clean = rainy_folders
+    run = tmp_path / "run"
+    assert main(["train", "--method", "dcd-gan", "--degraded", str(degraded), "--clean", str(clean),
+                 "--out", str(run), *TINY]) == 0
+    assert "training dcd-gan" in capsys.readouterr().err
+    assert read_meta(latest_checkpoint(run))["config"]["gan_mode"] == "hinge"
+    code = main(["train", "--method", "cdd-gan", "--degraded", str(degraded), "--clean", str(clean),
+                 "--out", str(run), "--resume", "--steps", "3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds a dcd-gan run" in err and len(err.splitlines()) == 1
+    write_image(tmp_path / "rainy.png", read_image(next(degraded.glob("*.png"))))
+    assert main(["apply", str(tmp_path / "rainy.png"), "--out", str(tmp_path / "out"), "--model", str(run)]) == 0
+    assert read_image(tmp_path / "out" / "rainy.png").shape == read_image(tmp_path / "rainy.png").shape
+
+
+def test_synth_rain_writes_unpaired_folders(tmp_path):
+    assert main(["synth-rain", str(tmp_path / "demo")]) == 0
+    for sub in ("degraded", "clean", "test/rainy", "test/clear"):
+        assert any((tmp_path / "demo" / sub).glob("*.png"))

@@ -28,6 +28,7 @@ def test_recipe_runs_and_resumes(unpaired_folders, tmp_path):
 
 def test_shipped_recipes_are_valid():
     from napari_cdd_dehaze.config import TrainConfig, preset
-    for name in ("paper", "cpu"):
-        recipe = yaml.safe_load((SCRIPT.parent / "configs" / f"{name}.yaml").read_text())
-        assert TrainConfig.from_dict(recipe) == preset(name).replace(device="auto")
+    for method, prefix in (("cdd-gan", ""), ("dcd-gan", "dcd-")):
+        for name in ("paper", "cpu"):
+            recipe = yaml.safe_load((SCRIPT.parent / "configs" / f"{prefix}{name}.yaml").read_text())
+            assert TrainConfig.from_dict(recipe) == preset(name, method=method).replace(device="auto")

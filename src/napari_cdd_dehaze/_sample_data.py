@@ -1,18 +1,21 @@
-"""napari sample data: degraded images synthesised on the fly (no download, no napari import)."""
+"""napari sample data: hazy and rainy images synthesised on the fly (no download, no napari import)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .synthesis import add_out_of_focus_background, demo_photos, random_haze
+from .synthesis import add_out_of_focus_background, demo_photos, random_haze, random_rain
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
 
 
 def hazy_outdoor_scene() -> list[tuple]:
     """scikit-image's motorcycle photo under synthetic haze (atmospheric scattering model), with the clear original."""
     photo = demo_photos()["motorcycle"]
     hazy = random_haze(photo, np.random.default_rng(0))
-    to_u8 = lambda a: np.rint(a * 255).astype(np.uint8)
-    return [(to_u8(photo), {"name": "clear (reference)", "visible": False}, "image"),
-            (to_u8(hazy), {"name": "hazy scene"}, "image")]
+    return [(_to_u8(photo), {"name": "clear (reference)", "visible": False}, "image"),
+            (_to_u8(hazy), {"name": "hazy scene"}, "image")]
 
 
 def hazy_microscopy_image() -> list[tuple]:
@@ -26,3 +29,11 @@ def hazy_microscopy_image() -> list[tuple]:
     limits = {"contrast_limits": (0, 4095), "colormap": "gray"}
     return [(to_u16(specimen * 4095), {"name": "specimen (reference)", "visible": False, **limits}, "image"),
             (to_u16(noisy), {"name": "hazy micrograph", **limits}, "image")]
+
+
+def rainy_scene() -> list[tuple]:
+    """scikit-image's motorcycle photo under synthetic rain streaks (seed 3), with the clear original."""
+    photo = demo_photos()["motorcycle"]
+    rainy = random_rain(photo, seed=3)
+    return [(_to_u8(photo), {"name": "clear (reference)", "visible": False}, "image"),
+            (_to_u8(rainy), {"name": "rainy scene"}, "image")]

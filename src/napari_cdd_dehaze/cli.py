@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .config import PRESETS, preset
+from .config import METHOD_PRESETS, METHODS, preset
 from .data import DataError
 from .models import BUILTIN_MODELS
 
@@ -20,9 +20,12 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume:  # only how long and where a resumed run goes on may change
         config = resume_config(args.out, steps=args.steps, device=args.device, checkpoint_every=args.checkpoint_every)
+        if args.method is not None and args.method != config.method:
+            raise ValueError(f"{args.out} holds a {config.method} run; it cannot be resumed as {args.method}")
     else:
-        config = preset(args.preset, steps=args.steps, crop=args.crop, seed=args.seed, device=args.device, lr=args.lr,
-                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+        config = preset(args.preset, method=args.method or "cdd-gan", steps=args.steps, crop=args.crop, seed=args.seed,
+                        device=args.device, lr=args.lr, batch_size=args.batch_size,
+                        checkpoint_every=args.checkpoint_every)
     trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)
     c = trainer.config
     print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
@@ -109,22 +112,28 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synthesis import write_demo_folders
+    from .synthesis import write_demo_folders, write_rain_demo_folders
 
-    for name, folder in write_demo_folders(args.out, seed=args.seed).items():
+    write = write_rain_demo_folders if args.command == "synth-rain" else write_demo_folders
+    for name, folder in write(args.out, seed=args.seed).items():
         print(f"{name}: {folder}", file=sys.stderr)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration with CDD-GAN.")
+    parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration: CDD-GAN "
+                                     "(dehazing) and DCD-GAN (deraining).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train or finetune on two unpaired folders")
     train.add_argument("--degraded", required=True, help="folder of degraded (e.g. hazy) images, read recursively")
     train.add_argument("--clean", required=True, help="folder of clean images of other scenes, read recursively")
     train.add_argument("--out", required=True, help="run folder: checkpoints and restorer.safetensors go here")
-    train.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="configuration preset (default: cpu)")
+    train.add_argument("--method", choices=METHODS,
+                       help="cdd-gan (dehazing, default) or dcd-gan (deraining)")
+    presets = sorted(set().union(*METHOD_PRESETS.values()))
+    train.add_argument("--preset", default="cpu", choices=presets,
+                       help="the method's configuration preset (default: cpu)")
     train.add_argument("--steps", type=int, help="total training steps")
     train.add_argument("--crop", type=int, help="crop size in pixels (multiple of 4)")
     train.add_argument("--batch-size", type=int)
@@ -168,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("out", help="folder to create (degraded/, clean/, test/hazy, test/clear)")
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=_synth)
+
+    rain = sub.add_parser("synth-rain", help="write a small unpaired rainy/clean demo set from scikit-image photos")
+    rain.add_argument("out", help="folder to create (degraded/, clean/, test/rainy, test/clear)")
+    rain.add_argument("--seed", type=int, default=0)
+    rain.set_defaults(run=_synth)
     return parser
 
 

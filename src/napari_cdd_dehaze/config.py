@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .losses import GAN_MODES
 from .networks import GeneratorConfig
 
-METHODS = ("cdd-gan",)
+METHODS = ("cdd-gan", "dcd-gan")
 NEGATIVE_MODES = ("internal", "generated", "both")
 PRECISIONS = ("fp32", "bf16")
 
@@ -16,7 +16,9 @@ PRECISIONS = ("fp32", "bf16")
 class TrainConfig:
     """Everything that decides what a training run computes.
 
-    The defaults are the ``paper`` preset (see :data:`PRESETS` for where each value comes from).
+    The defaults are CDD-GAN's ``paper`` preset (see :data:`PRESETS` for where each value comes from);
+    :func:`preset` gives each method's presets (:data:`METHOD_PRESETS`). Fields only one method reads:
+    ``lambda_diversity``, ``noise_dim``, ``head_momentum`` (CDD-GAN's negative generators).
     """
 
     method: str = "cdd-gan"
@@ -66,6 +68,8 @@ class TrainConfig:
     def validate(self) -> None:
         checks = [
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
+            (self.method != "dcd-gan" or self.negatives == "internal",
+             f"dcd-gan has no negative generators: negatives must be 'internal', got {self.negatives!r}"),
             (self.gan_mode in GAN_MODES, f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}"),
             (self.negatives in NEGATIVE_MODES, f"negatives must be one of {NEGATIVE_MODES}, got {self.negatives!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
@@ -125,10 +129,38 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset(name: str, **overrides) -> TrainConfig:
-    """The named preset with ``overrides`` applied (``None`` values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(**values)
+DCD_PRESETS: dict[str, dict] = {
+    # DCD-GAN's public release (cschenxiang/DCD-GAN, options and dcd_model.py): Adam 1e-4 (0.5, 0.999),
+    # hinge GAN, images loaded at 512 and cropped to 256, layers 4,8,12,16, 256 patches, τ 0.07, λ_NCE 2,
+    # λ_idt 1 (L1), constant lr for half the run then linear decay. Its cycle term is declared with weight
+    # 1 (``cyc_L1``) but never added to the objective; here it is optimised, with that weight. Deviations:
+    # the load resizes the short side to 512 keeping the aspect (the release squashes to 512×512);
+    # plain stride-2 downsampling and resize-then-convolve upsampling (the release anti-aliases both);
+    # N(0, 0.02) initialisation (the release uses Xavier); an EMA of the restorer is shipped (not in the
+    # release); its unused L1-to-unpaired-target and FFT terms are left out (they were never optimised).
+    "paper": {"method": "dcd-gan", "negatives": "internal", "lr": 1e-4, "gan_mode": "hinge", "load_size": 512,
+              "nce_layers": (4, 8, 12, 16), "lambda_nce": 2.0, "lambda_identity": 1.0, "lambda_cycle": 1.0},
+    # Laptop/CPU: as "paper" at the sizes of CDD-GAN's "cpu" preset (width 32, 6 blocks, 128² crops, 128
+    # patches, deepest tap the last block, 15). Images keep their own size (no 512 load): shrinking a
+    # photo thins its rain streaks below a pixel, and a finetuned model runs at the images' own scale.
+    "cpu": {"method": "dcd-gan", "negatives": "internal", "lr": 1e-4, "gan_mode": "hinge",
+            "nce_layers": (4, 8, 12, 15), "lambda_nce": 2.0, "lambda_identity": 1.0, "lambda_cycle": 1.0,
+            "width": 32, "blocks": 6, "crop": 128, "num_patches": 128, "steps": 5000, "disc_width": 32,
+            "checkpoint_every": 250},
+}
 
+METHOD_PRESETS: dict[str, dict[str, dict]] = {"cdd-gan": PRESETS, "dcd-gan": DCD_PRESETS}
+
+
+def preset(name: str, method: str = "cdd-gan", **overrides) -> TrainConfig:
+    """Preset ``name`` of ``method`` with ``overrides`` applied (``None`` values are ignored).
+
+    Every method has a ``paper`` preset (the lineage's values) and a ``cpu`` preset (laptop-sized).
+    """
+    if method not in METHOD_PRESETS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_PRESETS)}")
+    presets = METHOD_PRESETS[method]
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r} for {method}; choose one of {sorted(presets)}")
+    values = {**presets[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(**{"method": method, **values})

@@ -9,41 +9,21 @@ Domains: *degraded* (X, hazy) and *clean* (Y). Networks:
 * ``negatives_restorer`` / ``negatives_degrader``: hard-negative generators for the contrast of the
   degraded→clean and clean→degraded direction.
 
-The contrast is *dual* (cross-encoder): the query of G(x) is F's encoding of G(x) — which the cycle
-pass F(G(x)) computes anyway — and its key is G's encoding of x — which the pass G(x) computes anyway.
-So a step runs each generator over each image once: G([x, y]), F([y, x]), F(G(x)), G(F(y)).
-Every term is the mean of its two directions.
+The contrast is *dual* (cross-encoder, :meth:`CycleContrastMethod.dual_contrast`): the query of G(x) is
+F's encoding of G(x) — which the cycle pass F(G(x)) computes anyway — and its key is G's encoding of x —
+which the pass G(x) computes anyway. Every term is the mean of its two directions.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..losses import (diversity_loss, discriminator_loss, generator_adversarial_loss, l1_loss,
-                      negative_adversary_loss, patch_nce_loss)
-from ..networks import (NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator,
-                        gather_patches, init_weights, sample_patches)
-
-
-@dataclass
-class Translations:
-    """Everything one forward of both directions produces (``same_*`` are None without identity loss)."""
-
-    fake_clean: torch.Tensor
-    fake_degraded: torch.Tensor
-    cycled_degraded: torch.Tensor
-    cycled_clean: torch.Tensor
-    same_clean: torch.Tensor | None
-    same_degraded: torch.Tensor | None
-    taps_degraded: list[torch.Tensor]       # G's encoder on the degraded input (keys, degraded→clean)
-    taps_clean: list[torch.Tensor]          # F's encoder on the clean input (keys, clean→degraded)
-    taps_fake_clean: list[torch.Tensor]     # F's encoder on G(x) (queries, degraded→clean)
-    taps_fake_degraded: list[torch.Tensor]  # G's encoder on F(y) (queries, clean→degraded)
+from ..losses import diversity_loss, negative_adversary_loss, patch_nce_loss
+from ..networks import NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator, init_weights
+from .common import CycleContrastMethod, Translations, ema_update, frozen_copy
 
 
 @dataclass
@@ -56,23 +36,7 @@ class ContrastPairs:
     generator: NegativeGenerator
 
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(module)
-    twin.requires_grad_(False)
-    return twin
-
-
-@torch.no_grad()
-def ema_update(average: nn.Module, live: nn.Module, decay: float) -> None:
-    """average ← decay·average + (1 − decay)·live, parameters and buffers alike."""
-    for a, b in zip(average.state_dict().values(), live.state_dict().values()):
-        if a.dtype.is_floating_point:
-            a.lerp_(b, 1.0 - decay)
-        else:
-            a.copy_(b)
-
-
-class CDDGAN(nn.Module):
+class CDDGAN(CycleContrastMethod):
     name = "cdd-gan"
 
     def __init__(self, config: TrainConfig) -> None:
@@ -88,12 +52,11 @@ class CDDGAN(nn.Module):
         self.negatives_restorer = NegativeGenerator(len(tapped), c.head_dim, c.noise_dim)
         self.negatives_degrader = NegativeGenerator(len(tapped), c.head_dim, c.noise_dim)
         init_weights(self)
-        self.momentum_heads_restorer = _frozen_copy(self.heads_restorer)
-        self.momentum_heads_degrader = _frozen_copy(self.heads_degrader)
-        self.ema_restorer = _frozen_copy(self.restorer) if c.generator_ema > 0 else None
+        self.momentum_heads_restorer = frozen_copy(self.heads_restorer)
+        self.momentum_heads_degrader = frozen_copy(self.heads_degrader)
+        self.ema_restorer = frozen_copy(self.restorer) if c.generator_ema > 0 else None
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
-    # ------------------------------------------------------------------ parameter groups
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The networks each optimiser updates, in step order."""
         return {
@@ -103,11 +66,6 @@ class CDDGAN(nn.Module):
                            *self.heads_restorer.parameters(), *self.heads_degrader.parameters()],
         }
 
-    def make_optimisers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        return {name: torch.optim.Adam(params, lr=c.lr, betas=c.betas)
-                for name, params in self.parameter_groups().items()}
-
     # ------------------------------------------------------------------ one training step
     def training_step(self, degraded: torch.Tensor, clean: torch.Tensor,
                       optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator) -> dict[str, float]:
@@ -116,13 +74,9 @@ class CDDGAN(nn.Module):
         out = self.translate(degraded, clean)
 
         # 1. Critics, on detached outputs.
-        self.critic_clean.requires_grad_(True)
-        self.critic_degraded.requires_grad_(True)
+        self.set_critics_trainable(True)
         with self._autocast():
-            loss_critics = 0.5 * (
-                discriminator_loss(self.critic_clean(clean), self.critic_clean(out.fake_clean.detach()), c.gan_mode)
-                + discriminator_loss(self.critic_degraded(degraded), self.critic_degraded(out.fake_degraded.detach()),
-                                     c.gan_mode))
+            loss_critics = self.critics_loss(degraded, clean, out)
         self._update(optimisers["critics"], loss_critics)
 
         # 2. Negative generators: make the contrast harder for fixed queries/keys, and stay diverse.
@@ -131,15 +85,12 @@ class CDDGAN(nn.Module):
         self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity)
 
         # 3. Generators and heads, against fresh negatives from the updated (now frozen) negative generators.
-        self.critic_clean.requires_grad_(False)
-        self.critic_degraded.requires_grad_(False)
+        self.set_critics_trainable(False)
         with self._autocast():
-            loss_gan = 0.5 * (generator_adversarial_loss(self.critic_clean(out.fake_clean), c.gan_mode)
-                              + generator_adversarial_loss(self.critic_degraded(out.fake_degraded), c.gan_mode))
+            loss_gan = self.adversarial_loss(out)
             loss_nce = self.nce_loss(pairs, rng)
-            loss_cycle = 0.5 * (l1_loss(out.cycled_degraded, degraded) + l1_loss(out.cycled_clean, clean))
-            loss_identity = (0.5 * (l1_loss(out.same_clean, clean) + l1_loss(out.same_degraded, degraded))
-                             if out.same_clean is not None else torch.zeros((), device=degraded.device))
+            loss_cycle = self.cycle_loss(out, degraded, clean)
+            loss_identity = self.identity_loss(out, degraded, clean)
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
         self._update(optimisers["generators"], loss_generators)
@@ -147,11 +98,7 @@ class CDDGAN(nn.Module):
         # 4. Momentum heads and the shipped restorer follow the live networks.
         ema_update(self.momentum_heads_restorer, self.heads_restorer, c.head_momentum)
         ema_update(self.momentum_heads_degrader, self.heads_degrader, c.head_momentum)
-        if self.ema_restorer is not None:
-            # Warm-up (as in TF's ExponentialMovingAverage): a short run's average is not stuck at the initial weights.
-            n = int(self.steps_done)
-            ema_update(self.ema_restorer, self.restorer, min(c.generator_ema, (1 + n) / (10 + n)))
-        self.steps_done += 1
+        self.follow_restorer()
 
         terms = dict(critics=loss_critics, negative_adversary=loss_adversary, negative_diversity=loss_diversity,
                      gan=loss_gan, nce=loss_nce, cycle=loss_cycle, identity=loss_identity,
@@ -159,44 +106,16 @@ class CDDGAN(nn.Module):
         return {name: float(value.detach()) for name, value in terms.items()}
 
     # ------------------------------------------------------------------ pieces of the step
-    def translate(self, degraded: torch.Tensor, clean: torch.Tensor) -> Translations:
-        """Both directions, their cycles and (if weighted) identities, with the encoder taps the contrast reads.
-
-        Identity images ride in the same batch as the translations (InstanceNorm is per image).
-        """
-        layers, b = self.config.nce_layers, degraded.shape[0]
-        identity = self.config.lambda_identity > 0
-        with self._autocast():
-            out, taps_degraded = self.restorer(torch.cat([degraded, clean]) if identity else degraded, layers)
-            fake_clean, same_clean = out[:b], (out[b:] if identity else None)
-            out, taps_clean = self.degrader(torch.cat([clean, degraded]) if identity else clean, layers)
-            fake_degraded, same_degraded = out[:b], (out[b:] if identity else None)
-            cycled_degraded, taps_fake_clean = self.degrader(fake_clean, layers)
-            cycled_clean, taps_fake_degraded = self.restorer(fake_degraded, layers)
-        return Translations(fake_clean, fake_degraded, cycled_degraded, cycled_clean, same_clean, same_degraded,
-                            [t[:b] for t in taps_degraded], [t[:b] for t in taps_clean],
-                            taps_fake_clean, taps_fake_degraded)
-
     def contrast_pairs(self, out: Translations, rng: torch.Generator) -> list[ContrastPairs]:
-        """Projected queries/keys of both directions at shared random positions, plus pooled momentum keys.
-
-        Direction degraded→clean: keys are G's encoding of x, queries F's encoding of G(x) (dual contrast);
-        the clean→degraded direction mirrors it.
-        """
+        """The dual contrast's queries/keys of both directions, plus pooled momentum keys for the negatives."""
         pairs = []
-        for key_taps, query_taps, key_heads, query_heads, momentum_heads, negatives in (
-                (out.taps_degraded, out.taps_fake_clean, self.heads_restorer, self.heads_degrader,
-                 self.momentum_heads_restorer, self.negatives_restorer),
-                (out.taps_clean, out.taps_fake_degraded, self.heads_degrader, self.heads_restorer,
-                 self.momentum_heads_degrader, self.negatives_degrader)):
-            key_vectors, positions = sample_patches(key_taps, self.config.num_patches, rng)
-            query_vectors = gather_patches(query_taps, positions)
-            with self._autocast():
-                queries = [query_heads(i, v) for i, v in enumerate(query_vectors)]
-                with torch.no_grad():  # keys are targets, never trained through; pool, then project
-                    keys = [key_heads(i, v) for i, v in enumerate(key_vectors)]
-                    pooled = [momentum_heads(i, t.mean(dim=(2, 3))) for i, t in enumerate(key_taps)]
-            pairs.append(ContrastPairs(queries, keys, pooled, negatives))
+        for contrast, momentum_heads, negatives in zip(
+                self.dual_contrast(out, rng),
+                (self.momentum_heads_restorer, self.momentum_heads_degrader),
+                (self.negatives_restorer, self.negatives_degrader)):
+            with self._autocast(), torch.no_grad():  # pool, then project: one vector per image and layer
+                pooled = [momentum_heads(i, t.mean(dim=(2, 3))) for i, t in enumerate(contrast.key_taps)]
+            pairs.append(ContrastPairs(contrast.queries, contrast.keys, pooled, negatives))
         return pairs
 
     def negative_losses(self, pairs: list[ContrastPairs], rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,22 +154,3 @@ class CDDGAN(nn.Module):
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         b, k, _ = queries.shape
         return torch.randn(b, k, self.config.noise_dim, generator=rng).to(queries.device)
-
-    def _autocast(self):
-        c = self.config
-        if c.precision == "fp32":
-            return contextlib.nullcontext()
-        device_type = next(self.parameters()).device.type
-        return torch.autocast(device_type, dtype=torch.bfloat16 if c.precision == "bf16" else torch.float16)
-
-    @staticmethod
-    def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-        optimiser.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-        optimiser.step()
-
-    # ------------------------------------------------------------------ the model to ship
-    def shipped_restorer(self) -> ResnetGenerator:
-        """The weights users run: the EMA of the restorer when kept, else the live restorer."""
-        return self.ema_restorer if self.ema_restorer is not None else self.restorer

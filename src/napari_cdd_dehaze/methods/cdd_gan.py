@@ -13,6 +13,13 @@ The contrast is *dual* (cross-encoder): the query of G(x) is F's encoding of G(x
 pass F(G(x)) computes anyway — and its key is G's encoding of x — which the pass G(x) computes anyway.
 So a step runs each generator over each image once: G([x, y]), F([y, x]), F(G(x)), G(F(y)).
 Every term is the mean of its two directions.
+
+Data parallelism (see :mod:`..distributed`): ``self.replicas`` says which share of the global batch
+this process computes. Gradients are averaged over replicas right before each optimiser step, and
+the step's own randomness (patch positions, noise) comes from a generator that is identical on every
+rank, with noise drawn for the whole global batch and sliced. Every loss is a mean over samples of a
+per-sample term, so the averaged gradient is the gradient of the global batch: R ranks × batch b
+compute the update of one process with batch R·b, up to float rounding.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..distributed import SINGLE, Replicas
 from ..losses import (diversity_loss, discriminator_loss, generator_adversarial_loss, l1_loss,
                       negative_adversary_loss, patch_nce_loss)
 from ..networks import (NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator,
@@ -92,6 +100,7 @@ class CDDGAN(nn.Module):
         self.momentum_heads_degrader = _frozen_copy(self.heads_degrader)
         self.ema_restorer = _frozen_copy(self.restorer) if c.generator_ema > 0 else None
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.replicas: Replicas = SINGLE  # set by the trainer under torchrun
 
     # ------------------------------------------------------------------ parameter groups
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -110,9 +119,15 @@ class CDDGAN(nn.Module):
 
     # ------------------------------------------------------------------ one training step
     def training_step(self, degraded: torch.Tensor, clean: torch.Tensor,
-                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator) -> dict[str, float]:
-        """D → N → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums."""
+                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator,
+                      scalers: dict[str, torch.amp.GradScaler] | None = None) -> dict[str, float]:
+        """D → N → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums.
+
+        ``rng`` must be in the same state on every replica. ``scalers`` (fp16 only): one gradient
+        scaler per optimiser.
+        """
         c = self.config
+        scalers = scalers or {}
         out = self.translate(degraded, clean)
 
         # 1. Critics, on detached outputs.
@@ -123,12 +138,13 @@ class CDDGAN(nn.Module):
                 discriminator_loss(self.critic_clean(clean), self.critic_clean(out.fake_clean.detach()), c.gan_mode)
                 + discriminator_loss(self.critic_degraded(degraded), self.critic_degraded(out.fake_degraded.detach()),
                                      c.gan_mode))
-        self._update(optimisers["critics"], loss_critics)
+        self._update(optimisers["critics"], loss_critics, scalers.get("critics"))
 
         # 2. Negative generators: make the contrast harder for fixed queries/keys, and stay diverse.
         pairs = self.contrast_pairs(out, rng)
         loss_adversary, loss_diversity = self.negative_losses(pairs, rng)
-        self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity)
+        self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity,
+                     scalers.get("negatives"))
 
         # 3. Generators and heads, against fresh negatives from the updated (now frozen) negative generators.
         self.critic_clean.requires_grad_(False)
@@ -142,7 +158,7 @@ class CDDGAN(nn.Module):
                              if out.same_clean is not None else torch.zeros((), device=degraded.device))
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
-        self._update(optimisers["generators"], loss_generators)
+        self._update(optimisers["generators"], loss_generators, scalers.get("generators"))
 
         # 4. Momentum heads and the shipped restorer follow the live networks.
         ema_update(self.momentum_heads_restorer, self.heads_restorer, c.head_momentum)
@@ -233,8 +249,10 @@ class CDDGAN(nn.Module):
         return total / count
 
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """This rank's rows of noise drawn for the whole global batch (so it does not depend on the split)."""
         b, k, _ = queries.shape
-        return torch.randn(b, k, self.config.noise_dim, generator=rng).to(queries.device)
+        noise = torch.randn(b * self.replicas.world_size, k, self.config.noise_dim, generator=rng)
+        return noise[self.replicas.batch_slice(b)].to(queries.device)
 
     def _autocast(self):
         c = self.config
@@ -243,12 +261,22 @@ class CDDGAN(nn.Module):
         device_type = next(self.parameters()).device.type
         return torch.autocast(device_type, dtype=torch.bfloat16 if c.precision == "bf16" else torch.float16)
 
-    @staticmethod
-    def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _update(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor,
+                scaler: torch.amp.GradScaler | None = None) -> None:
+        """Backward, average the gradients over replicas, step (through the fp16 scaler if there is one).
+
+        With a scaler, the averaged gradients are identical on every rank, so every rank finds the
+        same inf/NaN, skips the same steps and keeps the same scale.
+        """
         optimiser.zero_grad(set_to_none=True)
         if loss.requires_grad:
-            loss.backward()
-        optimiser.step()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.replicas.average_gradients(p for group in optimiser.param_groups for p in group["params"])
+        if scaler is None or not loss.requires_grad:
+            optimiser.step()
+        else:
+            scaler.step(optimiser)
+            scaler.update()
 
     # ------------------------------------------------------------------ the model to ship
     def shipped_restorer(self) -> ResnetGenerator:

@@ -32,3 +32,5 @@ def test_shipped_recipes_are_valid():
         for name in ("paper", "cpu"):
             recipe = yaml.safe_load((SCRIPT.parent / "configs" / f"{prefix}{name}.yaml").read_text())
             assert TrainConfig.from_dict(recipe) == preset(name, method=method).replace(device="auto")
+    smoke = TrainConfig.from_dict(yaml.safe_load((SCRIPT.parent / "configs" / "smoke.yaml").read_text()))
+    assert smoke.width == 8 and smoke.steps == 20

@@ -53,12 +53,17 @@ def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` of a run lives."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict, train_state: dict,
                     keep: int = 2) -> Path:
     """Write checkpoint ``step`` of ``model`` atomically; keep the newest ``keep`` checkpoints."""
-    folder = Path(run_dir) / "checkpoints"
+    final = checkpoint_path(run_dir, step)
+    folder = final.parent
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".tmp-{final.name}-"))
     try:
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step,

@@ -16,6 +16,7 @@ from .models import BUILTIN_MODELS
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .distributed import shutdown
     from .trainer import Trainer, resume_config
 
     if args.resume:  # only how long and where a resumed run goes on may change
@@ -27,16 +28,27 @@ def _train(args: argparse.Namespace) -> int:
                         device=args.device, lr=args.lr, batch_size=args.batch_size,
                         checkpoint_every=args.checkpoint_every)
     trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)
-    c = trainer.config
-    print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
-          f"from step {trainer.step} to {c.steps}; checkpoints in {Path(args.out) / 'checkpoints'}", file=sys.stderr)
-    bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True)
+    try:
+        return _run_training(trainer, Path(args.out), tqdm)
+    finally:
+        shutdown()  # leaves torchrun's process group, if any
+
+
+def _run_training(trainer, out: Path, tqdm) -> int:
+    c, quiet = trainer.config, not trainer.is_main  # under torchrun only rank 0 reports
+    if not quiet:
+        print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
+              f"× {trainer.replicas.world_size} process(es) from step {trainer.step} to {c.steps}; "
+              f"checkpoints in {out / 'checkpoints'}", file=sys.stderr)
+    bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=quiet)
 
     def stop_after_this_step(signum, frame):  # Ctrl-C: finish the step, checkpoint, exit; twice: abort
-        bar.write("stopping after this step and saving a checkpoint (resume with --resume); Ctrl-C again aborts",
-                  file=sys.stderr)
+        if not quiet:
+            bar.write("stopping after this step and saving a checkpoint (resume with --resume)"
+                      + ("" if trainer.replicas.active else "; Ctrl-C again aborts"), file=sys.stderr)
         trainer.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not trainer.replicas.active:  # under torchrun each rank gets Ctrl-C twice (terminal and launcher)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     previous = signal.signal(signal.SIGINT, stop_after_this_step)
     try:
@@ -45,12 +57,13 @@ def _train(args: argparse.Namespace) -> int:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
                                  if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
-            else:
+            elif not quiet:
                 bar.write(f"{event.kind}: step {event.step} → {event.checkpoint}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
-    print(f"model: {Path(args.out) / 'restorer.safetensors'}", file=sys.stderr)
+    if not quiet:
+        print(f"model: {out / 'restorer.safetensors'}", file=sys.stderr)
     return 0
 
 
@@ -136,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the method's configuration preset (default: cpu)")
     train.add_argument("--steps", type=int, help="total training steps")
     train.add_argument("--crop", type=int, help="crop size in pixels (multiple of 4)")
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--batch-size", type=int, help="images per step and process (under torchrun, per GPU)")
     train.add_argument("--lr", type=float, help="learning rate")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")

@@ -9,7 +9,7 @@ from .networks import GeneratorConfig
 
 METHODS = ("cdd-gan", "dcd-gan")
 NEGATIVE_MODES = ("internal", "generated", "both")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 trains with one gradient scaler per optimiser
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 Every random choice (which image, where to crop, whether to flip) comes from a ``torch.Generator``
 owned by the caller, so a run is repeatable from a seed and resumable from the generator's state.
+The training engine uses :meth:`UnpairedBatches.samples_at`: sample ``i`` of the global batch of
+step ``t`` is drawn from its own generator seeded by (seed, t, i), so the data of a step does not
+depend on how many processes share the batch, nor on anything but the step it is resumed at.
 """
 from __future__ import annotations
 
@@ -129,8 +132,23 @@ class UnpairedBatches:
         return self._batch(self.degraded, generator), self._batch(self.clean, generator)
 
     def _batch(self, folder: ImageFolder, generator: torch.Generator) -> torch.Tensor:
-        crops = []
-        for _ in range(self.batch_size):
-            index = int(torch.randint(0, len(folder), (1,), generator=generator))
-            crops.append(random_crop(folder.image(index), self.crop, self.load_size, generator))
-        return torch.stack(crops) * 2 - 1
+        return torch.stack([self._one(folder, generator) for _ in range(self.batch_size)]) * 2 - 1
+
+    def samples_at(self, seed: int, step: int, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``indices`` of the global batch of ``step``: one (degraded, clean) pair per index.
+
+        Each pair comes from a generator seeded by (``seed``, ``step``, index) through numpy's
+        ``SeedSequence`` (independent streams for neighbouring seeds), so rank r of a data-parallel run
+        drawing indices [r·b, (r+1)·b) sees exactly what one process drawing the whole batch sees.
+        """
+        degraded, clean = [], []
+        for index in indices:
+            state = np.random.SeedSequence([seed, step, index]).generate_state(1, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(state))
+            degraded.append(self._one(self.degraded, generator))
+            clean.append(self._one(self.clean, generator))
+        return torch.stack(degraded) * 2 - 1, torch.stack(clean) * 2 - 1
+
+    def _one(self, folder: ImageFolder, generator: torch.Generator) -> torch.Tensor:
+        index = int(torch.randint(0, len(folder), (1,), generator=generator))
+        return random_crop(folder.image(index), self.crop, self.load_size, generator)

@@ -76,14 +76,15 @@ def diversity_loss(negatives: torch.Tensor, noise: torch.Tensor, eps: float = 1e
 
     Splits the K negatives (B, K, D) and their noise inputs (B, K, Z) into two halves and returns
     1 / (ratio + eps) where ratio = mean|n_a − n_b| / mean|z_a − z_b|: outputs that ignore the noise
-    make the ratio small and the loss large.
+    make the ratio small and the loss large. The ratio is taken per image and the loss averaged over
+    the batch, like every other term, so that a batch split across processes gives the same gradient.
     """
     half = negatives.shape[1] // 2
     if half == 0:
         return negatives.new_zeros(())
-    out_gap = (negatives[:, :half] - negatives[:, half:2 * half]).abs().mean()
-    noise_gap = (noise[:, :half] - noise[:, half:2 * half]).abs().mean()
-    return 1.0 / (out_gap / (noise_gap + eps) + eps)
+    out_gap = (negatives[:, :half] - negatives[:, half:2 * half]).abs().mean(dim=(1, 2))
+    noise_gap = (noise[:, :half] - noise[:, half:2 * half]).abs().mean(dim=(1, 2))
+    return (1.0 / (out_gap / (noise_gap + eps) + eps)).mean()
 
 
 def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,25 +4,39 @@ It knows nothing of any GUI: it yields :class:`TrainEvent` records (or calls a p
 them), checks a stop flag every step, checkpoints every ``checkpoint_every`` steps, on stop and at the
 end, and resumes a run exactly where it left off (step, learning-rate schedule, optimiser moments,
 every random stream).
+
+Under ``torchrun`` the same engine trains data-parallel (:mod:`.distributed`): every rank holds an
+identical copy of all networks, computes ``batch_size`` samples of a global batch of
+``batch_size × world_size``, and averages gradients before each optimiser step; rank 0 alone writes
+checkpoints while the others wait. What a step computes depends only on (seed, step, global batch):
+the data of sample i of step t is seeded by (seed, t, i) and the step's randomness comes from one
+generator that is identical on every rank. So a checkpoint resumes exactly in any world size that
+keeps the global batch (e.g. 2 ranks × batch 1 → 1 rank × batch 2), and validly (a different but
+well-defined global batch) in any other.
 """
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, latest_checkpoint, load_train_state, load_weights,
-                         read_meta, read_safetensors, resolve_model_path, save_checkpoint, save_restorer)
+from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, checkpoint_path, latest_checkpoint,
+                         load_train_state, load_weights, read_meta, read_safetensors, resolve_model_path,
+                         save_checkpoint, save_restorer)
 from .config import TrainConfig
 from .data import ImageFolder, UnpairedBatches
 from .devices import pick_device
+from .distributed import replicas_from_environment
 from .methods import build_method
 
-RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device")
+# What a resumed run may change. batch_size is here so that a run can move to another number of
+# processes and keep its global batch (batch_size × world_size).
+RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size")
 
 
 def resume_config(run_dir: str | Path, **changes) -> TrainConfig:
@@ -68,6 +82,9 @@ class Trainer:
     None), or with ``config`` if that differs from it only in :data:`RUN_CONTROL_FIELDS` (see
     :func:`resume_config`; e.g. more steps to extend a run). ``init_from``
     starts from the weights of another run or model file (finetuning) with fresh optimisers.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it joins the process group and
+    trains data-parallel; see the module docstring. ``is_main`` is true on the rank that should log.
     """
 
     def __init__(self, config: TrainConfig | None, degraded_dir: str | Path, clean_dir: str | Path, run_dir: str | Path,
@@ -83,7 +100,8 @@ class Trainer:
         if config is None:
             raise ValueError("a config is needed unless resuming")
         self.config = config
-        self.device = pick_device(config.device)
+        self.replicas, device = replicas_from_environment(config.device)
+        self.device = pick_device(device)
         # Data first: a bad folder fails before any network is built.
         self.data = UnpairedBatches(ImageFolder(degraded_dir, config.channels), ImageFolder(clean_dir, config.channels),
                                     config.crop, config.batch_size, config.load_size)
@@ -91,17 +109,31 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.method = build_method(config)
         self.method.to(self.device)
+        self.method.replicas = self.replicas
         self.optimisers = self.method.make_optimisers()
         decay = _linear_decay(config.steps, config.decay_from)  # of this run's total: an extended run decays later
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, decay) for name, opt in self.optimisers.items()}
-        self.rng = torch.Generator().manual_seed(config.seed)
+        # fp16 needs loss scaling against underflow; bf16 has fp32's range and needs none.
+        self.scalers = ({name: torch.amp.GradScaler(self.device.type) for name in self.optimisers}
+                        if config.precision == "fp16" else {})
+        self.rng = torch.Generator().manual_seed(config.seed)  # the step's randomness: identical on every rank
         self.step = 0
         self.last_losses: dict[str, float] = {}
         self._stop = threading.Event()
         if checkpoint is not None:
-            self._restore(checkpoint, int(meta["step"]))
+            self._restore(checkpoint, meta)
         elif init_from is not None:
             self._initialise_from(init_from)
+        self.replicas.broadcast_module(self.method)  # identical start on every rank, whatever happened above
+
+    @property
+    def is_main(self) -> bool:
+        """True on the one process that should log and report (always, without torchrun)."""
+        return self.replicas.is_main
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.replicas.world_size
 
     # ------------------------------------------------------------------ control
     def request_stop(self) -> None:
@@ -121,13 +153,15 @@ class Trainer:
         self.method.train()
         rate, last_time = 0.0, time.perf_counter()
         while self.step < total:
-            if self._stop.is_set():
+            if self.replicas.any(self._stop.is_set(), self.device):  # all ranks stop at the same step
                 self._stop.clear()  # the trainer can be continued later by iterating again
                 yield TrainEvent("stopped", self.step, total, self.last_losses, rate, checkpoint=self.save())
                 return
-            degraded, clean = self.data.sample(self.rng)
+            mine = range(self.global_batch)[self.replicas.batch_slice(c.batch_size)]
+            degraded, clean = self.data.samples_at(c.seed, self.step, mine)
             losses = self.method.training_step(degraded.to(self.device), clean.to(self.device), self.optimisers,
-                                               self.rng)
+                                               self.rng, self.scalers)
+            losses = self.replicas.average_values(losses, self.device)  # the global batch's losses
             for scheduler in self.schedulers.values():
                 scheduler.step()
             self.step += 1
@@ -145,18 +179,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
-        """Checkpoint the current state and refresh ``run_dir/restorer.safetensors``."""
+        """Checkpoint the current state and refresh ``run_dir/restorer.safetensors``.
+
+        Called on every rank; rank 0 writes (replicas are identical, so its state is everyone's) and
+        the others wait for it, so no rank runs ahead of a checkpoint being written.
+        """
         c = self.config
-        meta = {"method": c.method, "config": c.to_dict(), "losses": self.last_losses}
-        train_state = {
-            "optimisers": {k: v.state_dict() for k, v in self.optimisers.items()},
-            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
-            "rng": {"engine": self.rng.get_state()},  # the only random stream training draws from
-        }
-        path = save_checkpoint(self.run_dir, self.step, self.method, meta, train_state, c.keep_checkpoints)
-        save_restorer(self.run_dir / RESTORER_FILE, self.method.shipped_restorer(),
-                      {"method": c.method, "step": self.step, "checkpoint": path.name})
+        path = checkpoint_path(self.run_dir, self.step)
+        if self.is_main:
+            meta = {"method": c.method, "config": c.to_dict(), "losses": self.last_losses,
+                    "world_size": self.replicas.world_size, "global_batch": self.global_batch}
+            train_state = {
+                "optimisers": {k: v.state_dict() for k, v in self.optimisers.items()},
+                "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
+                "scalers": {k: v.state_dict() for k, v in self.scalers.items()},
+                # The only random stream the step draws from (the data is seeded by step); the same on every rank.
+                "rng": {"engine": self.rng.get_state()},
+            }
+            path = save_checkpoint(self.run_dir, self.step, self.method, meta, train_state, c.keep_checkpoints)
+            save_restorer(self.run_dir / RESTORER_FILE, self.method.shipped_restorer(),
+                          {"method": c.method, "step": self.step, "checkpoint": path.name})
+        self.replicas.barrier()
         return path
+
+    def replicas_identical(self) -> bool:
+        """Whether every rank holds bit-identical weights and buffers (all networks, momentum heads, EMA).
+
+        A check for tests and for ``--check-sync``: it hashes every tensor, so it costs a copy to the CPU.
+        """
+        return len(set(self.replicas.fingerprints(self.method, self.device))) == 1
 
     @staticmethod
     def _resumed_config(meta: dict, requested: TrainConfig | None) -> TrainConfig:
@@ -170,7 +221,7 @@ class Trainer:
                                   f"the checkpoint); resume with the saved one, or start a new run with --init")
         return requested
 
-    def _restore(self, checkpoint: Path, step: int) -> None:
+    def _restore(self, checkpoint: Path, meta: dict) -> None:
         tensors, _ = read_safetensors(checkpoint / MODEL_FILE)
         load_weights(self.method, tensors, checkpoint / MODEL_FILE, strict=True)
         state = load_train_state(checkpoint)
@@ -179,10 +230,18 @@ class Trainer:
                 opt.load_state_dict(state["optimisers"][name])
             for name, scheduler in self.schedulers.items():
                 scheduler.load_state_dict(state["schedulers"][name])
+            for name, scaler in self.scalers.items():
+                if name in state.get("scalers", {}):  # absent when the run was saved without fp16
+                    scaler.load_state_dict(state["scalers"][name])
             self.rng.set_state(state["rng"]["engine"])
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{checkpoint}: training state does not fit this run ({exc})") from exc
-        self.step = step
+        self.step = int(meta["step"])
+        saved_batch = int(meta.get("global_batch", TrainConfig.from_dict(meta["config"]).batch_size))
+        if saved_batch != self.global_batch and self.is_main:
+            warnings.warn(f"resuming a run trained with a global batch of {saved_batch} with a global batch of "
+                          f"{self.global_batch} ({self.replicas.world_size} process(es) × batch_size "
+                          f"{self.config.batch_size}); set batch_size to keep it", stacklevel=3)
 
     def _initialise_from(self, source: str | Path) -> None:
         """Load whatever networks ``source`` holds (a whole checkpoint, or a restorer alone)."""

@@ -12,6 +12,13 @@ Domains: *degraded* (X, hazy) and *clean* (Y). Networks:
 The contrast is *dual* (cross-encoder, :meth:`CycleContrastMethod.dual_contrast`): the query of G(x) is
 F's encoding of G(x) — which the cycle pass F(G(x)) computes anyway — and its key is G's encoding of x —
 which the pass G(x) computes anyway. Every term is the mean of its two directions.
+
+Data parallelism (see :mod:`..distributed`): ``self.replicas`` says which share of the global batch
+this process computes. Gradients are averaged over replicas right before each optimiser step, and
+the step's own randomness (patch positions, noise) comes from a generator that is identical on every
+rank, with noise drawn for the whole global batch and sliced. Every loss is a mean over samples of a
+per-sample term, so the averaged gradient is the gradient of the global batch: R ranks × batch b
+compute the update of one process with batch R·b, up to float rounding.
 """
 from __future__ import annotations
 
@@ -68,21 +75,28 @@ class CDDGAN(CycleContrastMethod):
 
     # ------------------------------------------------------------------ one training step
     def training_step(self, degraded: torch.Tensor, clean: torch.Tensor,
-                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator) -> dict[str, float]:
-        """D → N → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums."""
+                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator,
+                      scalers: dict[str, torch.amp.GradScaler] | None = None) -> dict[str, float]:
+        """D → N → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums.
+
+        ``rng`` must be in the same state on every replica. ``scalers`` (fp16 only): one gradient
+        scaler per optimiser.
+        """
         c = self.config
+        scalers = scalers or {}
         out = self.translate(degraded, clean)
 
         # 1. Critics, on detached outputs.
         self.set_critics_trainable(True)
         with self._autocast():
             loss_critics = self.critics_loss(degraded, clean, out)
-        self._update(optimisers["critics"], loss_critics)
+        self._update(optimisers["critics"], loss_critics, scalers.get("critics"))
 
         # 2. Negative generators: make the contrast harder for fixed queries/keys, and stay diverse.
         pairs = self.contrast_pairs(out, rng)
         loss_adversary, loss_diversity = self.negative_losses(pairs, rng)
-        self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity)
+        self._update(optimisers["negatives"], loss_adversary + c.lambda_diversity * loss_diversity,
+                     scalers.get("negatives"))
 
         # 3. Generators and heads, against fresh negatives from the updated (now frozen) negative generators.
         self.set_critics_trainable(False)
@@ -93,7 +107,7 @@ class CDDGAN(CycleContrastMethod):
             loss_identity = self.identity_loss(out, degraded, clean)
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
-        self._update(optimisers["generators"], loss_generators)
+        self._update(optimisers["generators"], loss_generators, scalers.get("generators"))
 
         # 4. Momentum heads and the shipped restorer follow the live networks.
         ema_update(self.momentum_heads_restorer, self.heads_restorer, c.head_momentum)
@@ -153,4 +167,5 @@ class CDDGAN(CycleContrastMethod):
 
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         b, k, _ = queries.shape
-        return torch.randn(b, k, self.config.noise_dim, generator=rng).to(queries.device)
+        noise = torch.randn(b * self.replicas.world_size, k, self.config.noise_dim, generator=rng)
+        return noise[self.replicas.batch_slice(b)].to(queries.device)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..distributed import SINGLE, Replicas
 from ..losses import discriminator_loss, generator_adversarial_loss, l1_loss
 from ..networks import ProjectionHeads, ResnetGenerator, gather_patches, sample_patches
 
@@ -71,6 +72,7 @@ class CycleContrastMethod(nn.Module):
     heads_restorer: ProjectionHeads
     heads_degrader: ProjectionHeads
     ema_restorer: ResnetGenerator | None
+    replicas: Replicas = SINGLE  # which share of the global batch this process computes; set under torchrun
 
     def make_optimisers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
@@ -169,12 +171,22 @@ class CycleContrastMethod(nn.Module):
         device_type = next(self.parameters()).device.type
         return torch.autocast(device_type, dtype=torch.bfloat16 if c.precision == "bf16" else torch.float16)
 
-    @staticmethod
-    def _update(optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def _update(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor,
+                scaler: torch.amp.GradScaler | None = None) -> None:
+        """Backward, average the gradients over replicas, step (through the fp16 scaler if there is one).
+
+        With a scaler, the averaged gradients are identical on every rank, so every rank finds the
+        same inf/NaN, skips the same steps and keeps the same scale.
+        """
         optimiser.zero_grad(set_to_none=True)
         if loss.requires_grad:
-            loss.backward()
-        optimiser.step()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        self.replicas.average_gradients(p for group in optimiser.param_groups for p in group["params"])
+        if scaler is None or not loss.requires_grad:
+            optimiser.step()
+        else:
+            scaler.step(optimiser)
+            scaler.update()
 
     def shipped_restorer(self) -> ResnetGenerator:
         """The weights users run: the EMA of the restorer when kept, else the live restorer."""

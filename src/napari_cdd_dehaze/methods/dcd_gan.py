@@ -49,16 +49,21 @@ class DCDGAN(CycleContrastMethod):
         }
 
     def training_step(self, degraded: torch.Tensor, clean: torch.Tensor,
-                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator) -> dict[str, float]:
-        """D → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums."""
+                      optimisers: dict[str, torch.optim.Optimizer], rng: torch.Generator,
+                      scalers: dict[str, torch.amp.GradScaler] | None = None) -> dict[str, float]:
+        """D → G/F/heads → EMA on one batch; returns every loss term (unweighted) and the sums.
+
+        ``rng`` must be in the same state on every replica; ``scalers`` (fp16 only): one per optimiser.
+        """
         c = self.config
+        scalers = scalers or {}
         out = self.translate(degraded, clean)
 
         # 1. Critics, on detached outputs.
         self.set_critics_trainable(True)
         with self._autocast():
             loss_critics = self.critics_loss(degraded, clean, out)
-        self._update(optimisers["critics"], loss_critics)
+        self._update(optimisers["critics"], loss_critics, scalers.get("critics"))
 
         # 2. Generators and heads: adversarial + dual contrast + cycle + identity, all in the optimised sum.
         self.set_critics_trainable(False)
@@ -70,7 +75,7 @@ class DCDGAN(CycleContrastMethod):
             loss_identity = self.identity_loss(out, degraded, clean)
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
-        self._update(optimisers["generators"], loss_generators)
+        self._update(optimisers["generators"], loss_generators, scalers.get("generators"))
 
         # 3. The shipped restorer follows the live one.
         self.follow_restorer()

@@ -140,3 +140,16 @@ def test_init_from_a_restorer_file_finetunes_with_fresh_optimisers(unpaired_fold
     tuned = Trainer(tiny_config(), *unpaired_folders, tmp_path / "tuned", init_from=run / "restorer.safetensors")
     assert tuned.step == 0
     assert torch.equal(tuned.method.restorer.encoder[1].weight, first.method.ema_restorer.encoder[1].weight)
+
+
+def test_scattering_restorer_round_trips_through_a_run(unpaired_folders, tmp_path):
+    degraded, clean = unpaired_folders
+    trainer = Trainer(tiny_config(steps=2, output="scattering"), degraded, clean, tmp_path / "run")
+    trainer.run()
+    assert trainer.method.restorer.config.output == "dehaze" and trainer.method.degrader.config.output == "haze"
+    for source in (tmp_path / "run", tmp_path / "run" / "restorer.safetensors"):
+        restorer = load_restorer(source)
+        assert restorer.config.output == "dehaze"
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        with torch.no_grad():
+            assert torch.allclose(restorer(x), trainer.method.shipped_restorer().eval()(x), atol=1e-6)

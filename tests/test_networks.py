@@ -71,3 +71,27 @@ def test_patch_sampling_reads_the_same_positions():
     # fewer positions than asked for: all of them
     picked, _ = sample_patches([torch.rand(1, 4, 2, 2)], 16)
     assert picked[0].shape == (1, 4, 4)
+
+
+def test_scattering_outputs_invert_each_other_and_keep_grey_grey():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 0.4 + 0.5   # unit range, hazy-looking values: nothing clips
+    decoded = torch.randn(2, 2, 16, 16) * 0.5
+    dehaze = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))
+    haze = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="haze"))
+    clear = (dehaze.compose(x * 2 - 1, decoded) + 1) / 2
+    assert not torch.allclose(clear, x, atol=1e-3)
+    assert torch.allclose((haze.compose(clear * 2 - 1, decoded) + 1) / 2, x, atol=1e-5)
+    # one affine map for every channel: a grey input stays grey, whatever the network predicts
+    grey = x[:, :1].expand(-1, 3, -1, -1) * 2 - 1
+    out = dehaze(grey)
+    assert out.shape == grey.shape and torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
+    # near the identity at initialisation (t ≈ 0.95): training starts from "change little"
+    assert (ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))(x * 2 - 1) - (x * 2 - 1)).abs().mean() < 0.1
+
+
+def test_image_output_keeps_its_architecture():
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=1))
+    assert g.decoder[-1].__class__.__name__ == "Tanh" and g.decoder[-2].out_channels == 3
+    s = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="haze"))
+    assert s.decoder[-1].out_channels == 2

@@ -92,7 +92,7 @@ def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None
     """Write one self-describing generator file: weights plus architecture (and ``info``) as metadata."""
     cfg = restorer.config
     metadata = {"format": FORMAT, "kind": "restorer", "channels": str(cfg.channels), "width": str(cfg.width),
-                "blocks": str(cfg.blocks), "upsample": cfg.upsample,
+                "blocks": str(cfg.blocks), "upsample": cfg.upsample, "output": cfg.output,
                 "info": json.dumps(info or {})}
     path = Path(path)
     atomic_write_bytes(path, save_safetensors_bytes(_tensors(restorer), metadata=metadata))
@@ -202,7 +202,8 @@ def load_restorer(path: str | Path, prefer_ema: bool = True) -> ResnetGenerator:
     if metadata.get("kind") == "restorer":
         try:
             cfg = GeneratorConfig(channels=int(metadata["channels"]), width=int(metadata["width"]),
-                                  blocks=int(metadata["blocks"]), upsample=metadata.get("upsample", "resize"))
+                                  blocks=int(metadata["blocks"]), upsample=metadata.get("upsample", "resize"),
+                                  output=metadata.get("output", "image"))
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
         prefix = ""

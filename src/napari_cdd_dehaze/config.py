@@ -27,6 +27,7 @@ class TrainConfig:
     width: int = 64
     blocks: int = 9
     upsample: str = "resize"
+    output: str = "image"  # "image", or "scattering": generators predict transmission and airlight (networks.py)
     disc_width: int = 64
     # data
     crop: int = 256
@@ -95,8 +96,13 @@ class TrainConfig:
                              f"for {self.blocks} residual blocks)")
         self.generator_config()  # validates channels/width/blocks/upsample
 
-    def generator_config(self) -> GeneratorConfig:
-        return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample)
+    def generator_config(self, role: str = "restore") -> GeneratorConfig:
+        """The restorer's (``role="restore"``) or the degrader's (``"degrade"``) network configuration."""
+        if self.output not in ("image", "scattering"):
+            raise ValueError(f"output must be 'image' or 'scattering', got {self.output!r}")
+        output = "image" if self.output == "image" else ("dehaze" if role == "restore" else "haze")
+        return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
+                               output=output)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

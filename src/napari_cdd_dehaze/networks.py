@@ -20,6 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+OUTPUTS = ("image", "dehaze", "haze")
+MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He et al.'s t0)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """What is needed to rebuild a generator from its weights (stored in every checkpoint)."""
@@ -28,12 +32,15 @@ class GeneratorConfig:
     width: int = 64
     blocks: int = 9
     upsample: str = "resize"  # "resize" (nearest ×2 then conv: no checkerboard) or "transpose"
+    output: str = "image"     # "image" (tanh), or the scattering model: "dehaze" (restorer) / "haze" (degrader)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
             raise ValueError(f"channels, width and blocks must be positive, got {self}")
         if self.upsample not in ("resize", "transpose"):
             raise ValueError(f"upsample must be 'resize' or 'transpose', got {self.upsample!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
 
 
 class InstanceNorm(nn.InstanceNorm2d):
@@ -99,8 +106,28 @@ class ResnetGenerator(nn.Module):
             else:
                 decoder += [nn.ConvTranspose2d(w * mult, w * mult // 2, 3, stride=2, padding=1, output_padding=1),
                             InstanceNorm(w * mult // 2), nn.ReLU(inplace=True)]
-        decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
+        if config.output == "image":
+            decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
+        else:  # two maps: transmission and (grey) airlight
+            decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, 2, kernel_size=7)]
         self.decoder = nn.Sequential(*decoder)
+
+    def compose(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """The output image from the decoder's maps.
+
+        ``"image"``: the decoder's output itself. The scattering model I = J·t + a·(1 − t) instead ties the
+        output to the input pixel by pixel: the decoder predicts a transmission t ∈ [0.1, 1] and a grey
+        airlight a ∈ [0, 1] per pixel, and ``"dehaze"`` returns J = (I − a)/t + a, ``"haze"`` returns
+        I·t + a·(1 − t). Every channel gets the same affine map, so hue cannot drift; only contrast and
+        the veil change. The offsets start the network near the identity (t ≈ 0.95).
+        """
+        if self.config.output == "image":
+            return decoded
+        unit = (x + 1) / 2
+        t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + 3.0)
+        a = torch.sigmoid(decoded[:, 1:2] + 1.5)
+        y = (unit - a) / t + a if self.config.output == "dehaze" else unit * t + a * (1 - t)
+        return y.clamp(0, 1) * 2 - 1
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:
         """Channel count of the encoder output at each tapped layer index."""
@@ -125,9 +152,9 @@ class ResnetGenerator(nn.Module):
         encoder pass over an image that was just translated.
         """
         if not layers:
-            return self.decoder(self.encoder(x))
+            return self.compose(x, self.decoder(self.encoder(x)))
         features = self.encode(x, layers, stop_early=False)
-        out = self.decoder(features.pop())
+        out = self.compose(x, self.decoder(features.pop()))
         return out, features
 
     def encode(self, x: torch.Tensor, layers: tuple[int, ...], stop_early: bool = True) -> list[torch.Tensor]:

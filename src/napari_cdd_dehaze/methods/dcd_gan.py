@@ -29,8 +29,8 @@ class DCDGAN(CycleContrastMethod):
     def __init__(self, config: TrainConfig) -> None:
         super().__init__()
         self.config = c = config
-        gen = c.generator_config()
-        self.restorer, self.degrader = ResnetGenerator(gen), ResnetGenerator(gen)
+        self.restorer = ResnetGenerator(c.generator_config("restore"))
+        self.degrader = ResnetGenerator(c.generator_config("degrade"))
         self.critic_clean = PatchDiscriminator(c.channels, c.disc_width)
         self.critic_degraded = PatchDiscriminator(c.channels, c.disc_width)
         tapped = self.restorer.layer_channels(c.nce_layers)

@@ -204,3 +204,26 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer,
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None and load_restorer(run_dir) is not None
+
+
+def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
+    from napari_cdd_dehaze.checkpoint import read_meta
+
+    degraded, clean = unpaired_folders
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(4).integers(0, 256, (40, 48, 3), dtype=np.uint8), name="rainy")
+    restore = dock(viewer, "Restore")
+    train = dock(viewer, "Train / finetune")
+    train.method.value = "dcd-gan"
+    assert train.lr.value == pytest.approx(1e-4)  # the DCD-GAN preset's learning rate
+    run_dir = tmp_path / "derain"
+    train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.steps.value, train.crop.value, train.device.value = 2, 32, "cpu"
+    train.start_button.changed.emit(True)
+    wait_idle(qtbot, train, 300_000)
+    assert read_meta(latest_checkpoint(run_dir))["config"]["method"] == "dcd-gan"
+    assert restore.model.value == str(run_dir.resolve())
+    restore.image.value = layer
+    restore.run_button.changed.emit(True)
+    wait_idle(qtbot, restore)
+    assert viewer.layers["rainy (restored)"].data.shape == layer.data.shape

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
-from ..config import PRESETS, preset
+from ..config import METHOD_PRESETS, preset
 from ..devices import available_devices
 from ..models import DEFAULT_WEIGHTS
 from .common import (
@@ -55,8 +55,11 @@ class TrainWidget(Container):
         self.run_dir = FileEdit(label="run folder", mode="d",
                                 value=Path.home() / "cdd-dehaze-runs" / time.strftime("run-%Y%m%d-%H%M%S"),
                                 tooltip="checkpoints and restorer.safetensors are written here")
-        self.preset = ComboBox(label="preset", choices=sorted(PRESETS), value="cpu",
-                               tooltip="cpu: width 32, 6 blocks, 128² crops; paper: width 64, 9 blocks, 256² crops")
+        self.method = ComboBox(label="method", choices=[("CDD-GAN (dehazing)", "cdd-gan"),
+                                                        ("DCD-GAN (deraining)", "dcd-gan")], value="cdd-gan")
+        self.preset = ComboBox(label="preset", choices=lambda _: sorted(METHOD_PRESETS[self.method.value]),
+                               value="cpu", tooltip="cpu: width 32, 6 blocks, 128² crops; "
+                                                    "paper: width 64, 9 blocks, 256² crops (the lineage's values)")
         self.steps = SpinBox(label="steps", min=1, max=10_000_000, step=100)
         self.crop = SpinBox(label="crop size", min=32, max=1024, step=16)
         self.lr = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5)
@@ -73,7 +76,7 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.degraded, self.clean, self.run_dir, self.preset, self.steps, self.crop, self.lr,
+        self.extend([self.degraded, self.clean, self.run_dir, self.method, self.preset, self.steps, self.crop, self.lr,
                      self.start_from, self.init_file, self.device, self.preview_layer, self.preview_every,
                      Container(widgets=[self.start_button, self.resume_button], layout="horizontal", labels=False),
                      self.progress, self.status])
@@ -81,6 +84,7 @@ class TrainWidget(Container):
 
         self._apply_preset()
         self.preset.changed.connect(self._apply_preset)
+        self.method.changed.connect(self._apply_preset)
         self.start_from.changed.connect(lambda: setattr(self.init_file, "visible", self.start_from.value == "file"))
         self.start_button.changed.connect(self._start_or_stop)
         self.resume_button.changed.connect(lambda: self._start(resume=True))
@@ -102,7 +106,7 @@ class TrainWidget(Container):
         return choices + [("model or checkpoint file…", "file")]
 
     def _apply_preset(self) -> None:
-        values = preset(self.preset.value)
+        values = preset(self.preset.value, method=self.method.value)
         self.steps.value, self.crop.value, self.lr.value = values.steps, values.crop, values.lr
 
     # ------------------------------------------------------------------ start / stop
@@ -134,8 +138,8 @@ class TrainWidget(Container):
             if not init.is_file():
                 notify_error("Choose the model or checkpoint file (.safetensors) to start from.")
                 return
-        settings = {"preset_name": self.preset.value, "steps": self.steps.value, "crop": self.crop.value,
-                        "lr": self.lr.value, "device": self.device.value}
+        settings = {"method": self.method.value, "preset_name": self.preset.value, "steps": self.steps.value,
+                    "crop": self.crop.value, "lr": self.lr.value, "device": self.device.value}
         preview_source = self._preview_source()
         self.worker = make_worker(_train_events, degraded, clean, run_dir, resume, init, settings, preview_source,
                                   self.preview_every.value, error_prefix="Training failed")
@@ -235,8 +239,8 @@ def _train_events(degraded: Path, clean: Path, run_dir: Path, resume: bool, init
     if resume:
         config = resume_config(run_dir, steps=settings["steps"], device=settings["device"])
     else:
-        config = preset(settings["preset_name"], steps=settings["steps"], crop=settings["crop"], lr=settings["lr"],
-                        device=settings["device"])
+        config = preset(settings["preset_name"], method=settings["method"], steps=settings["steps"],
+                        crop=settings["crop"], lr=settings["lr"], device=settings["device"])
     trainer = Trainer(config, degraded, clean, run_dir, resume=resume, init_from=init)
     if resume and trainer.step >= config.steps:
         raise ValueError(f"the run is already at step {trainer.step}; raise 'steps' above it to continue")

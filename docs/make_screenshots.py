@@ -52,12 +52,15 @@ def main() -> None:
     restore.model.value = args.model
     restore.run_button.changed.emit(True)
     wait(lambda: restore.worker is None, 600)
-    viewer.grid.enabled = True
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari ≥ 0.9 / older
+    grid.enabled = True
+    viewer.reset_view()
     viewer.layers["clear (reference)"].visible = False
     settle()
     imsave(HERE / "restore_widget.png", viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
 
-    viewer.grid.enabled = False
+    grid.enabled = False
+    viewer.reset_view()
     viewer.layers.remove(f"{hazy.name} (restored)")
     _, train = viewer.window.add_plugin_dock_widget("napari-cdd-dehaze", "Train / finetune")
     with tempfile.TemporaryDirectory() as tmp:

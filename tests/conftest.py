@@ -30,27 +30,25 @@ def photos() -> dict[str, np.ndarray]:
     return demo_photos()
 
 
-@pytest.fixture
-def unpaired_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
-    """degraded/: hazy left halves of 4 photos at half size; clean/: right halves (never the same pixels)."""
+def _left_right_halves(photos, degraded: Path, clean: Path, degrade) -> tuple[Path, Path]:
+    """degraded/: degraded left halves of 4 photos at half size; clean/: right halves (never the same pixels)."""
     rng = np.random.default_rng(0)
-    degraded, clean = tmp_path / "degraded", tmp_path / "clean"
     for name in ("astronaut", "chelsea", "coffee", "rocket"):
         photo = photos[name][::2, ::2]
         half = photo.shape[1] // 2
-        write_image(degraded / f"{name}.png", to_u8(random_haze(photo[:, :half], rng)))
+        write_image(degraded / f"{name}.png", to_u8(degrade(photo[:, :half], rng)))
         write_image(clean / f"{name}.png", to_u8(photo[:, half:]))
     return degraded, clean
+
+
+@pytest.fixture
+def unpaired_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
+    """Hazy left halves and clear right halves of four photos."""
+    return _left_right_halves(photos, tmp_path / "degraded", tmp_path / "clean", random_haze)
 
 
 @pytest.fixture
 def rainy_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
-    """degraded/: rainy left halves of 4 photos at half size; clean/: right halves (never the same pixels)."""
-    rng = np.random.default_rng(0)
-    degraded, clean = tmp_path / "rainy", tmp_path / "clear"
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        photo = photos[name][::2, ::2]
-        half = photo.shape[1] // 2
-        write_image(degraded / f"{name}.png", to_u8(random_rain(photo[:, :half], rng, heavy=True)))
-        write_image(clean / f"{name}.png", to_u8(photo[:, half:]))
-    return degraded, clean
+    """Heavy-rain left halves and clear right halves of four photos."""
+    return _left_right_halves(photos, tmp_path / "rainy", tmp_path / "clear",
+                              lambda image, rng: random_rain(image, rng, heavy=True))

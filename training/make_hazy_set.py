@@ -7,6 +7,9 @@
 * Hazing uses the atmospheric scattering model with a depth prior (``synthesis.depth_prior``) for photos
   and the measured depth for the Middlebury scenes (all of which go to the degraded side), each image
   ``--versions`` times with a different density and airlight.
+* ``--holdout P`` sets about P % of the photos aside (again by hash) as a paired validation set,
+  ``DATA/val/hazy`` and ``DATA/val/clear``, seen by neither domain: the place to choose a checkpoint
+  without touching the held-out evaluation images.
 * Deterministic for a given ``--seed``. Images are written as PNG; the long side is capped at ``--max-side``.
 """
 from __future__ import annotations
@@ -50,20 +53,28 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--versions", type=int, default=2, help="hazy versions per degraded-side image")
     parser.add_argument("--max-side", type=int, default=768)
+    parser.add_argument("--holdout", type=float, default=0.0, help="percent of photos kept as validation pairs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
-    counts = {"degraded": 0, "clean": 0, "skipped": 0}
+    counts = {"degraded": 0, "clean": 0, "val": 0, "skipped": 0}
     for path in list_images(args.clear):
         name = "_".join(path.relative_to(args.clear).with_suffix("").parts)
-        to_haze = hashlib.sha1(name.encode()).digest()[0] % 2 == 0
+        digest = hashlib.sha1(name.encode()).digest()
+        to_haze, held_out = digest[0] % 2 == 0, int.from_bytes(digest[1:3], "big") % 10000 < args.holdout * 100
         try:
             photo = shrink(unit_rgb(read_image(path)), args.max_side)
         except ImageReadError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
             counts["skipped"] += 1
+            continue
+        if held_out:
+            write_image(out / "val" / "clear" / f"{name}.png", to_u8(photo))
+            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng)
+            write_image(out / "val" / "hazy" / f"{name}.png", to_u8(hazy))
+            counts["val"] += 1
             continue
         if not to_haze:
             write_image(out / "clean" / f"{name}.png", to_u8(photo))
@@ -80,7 +91,8 @@ def main() -> int:
             write_image(out / "degraded" / f"middlebury_{scene.name}_h{v}.png",
                         to_u8(haze_with_depth(photo, depth, rng)))
             counts["degraded"] += 1
-    print(f"{out}: {counts['degraded']} hazy, {counts['clean']} clean, {counts['skipped']} skipped")
+    print(f"{out}: {counts['degraded']} hazy, {counts['clean']} clean, {counts['val']} validation pairs, "
+          f"{counts['skipped']} skipped")
     return 0
 
 

@@ -53,6 +53,20 @@ def test_statistics_from_a_reduced_copy_are_shared_so_there_are_no_seams(generat
     assert (out - reference).abs().max() < 1e-4
 
 
+def test_the_statistics_pass_of_a_large_image_runs_on_a_copy_of_bounded_size(generator, photo, monkeypatch):
+    """Exact statistics up to ``stats_max_pixels``; beyond, a copy of at most ``approx_stats_pixels`` (memory)."""
+    import napari_cdd_dehaze.tiling as tiling
+    seen, record = [], tiling.record_statistics
+    monkeypatch.setattr(tiling, "record_statistics", lambda g, x: seen.append(x.shape[-2:]) or record(g, x))
+    x = torch.zeros(1, 3, 516, 1028)
+    read = lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1]  # noqa: E731
+    TiledRunner(generator, torch.device("cpu"), tile=128).statistics(read, 516, 1028)
+    TiledRunner(generator, torch.device("cpu"), tile=128, stats_max_pixels=516 * 1028 - 1,
+                approx_stats_pixels=100 * 100).statistics(read, 516, 1028)
+    assert seen[0] == (516, 1028)
+    assert seen[1][0] * seen[1][1] <= 100 * 100 and seen[1][0] % 4 == 0 and seen[1][1] % 4 == 0
+
+
 @pytest.mark.parametrize("shape,dtype", [
     ((37, 51), np.uint8), ((37, 51), np.uint16), ((37, 51), np.float32), ((37, 51), np.float64),
     ((37, 51, 3), np.uint8), ((37, 51, 3), np.uint16), ((37, 51, 4), np.uint8), ((37, 51, 2), np.uint16),

@@ -43,7 +43,8 @@ class RestoreOptions:
     tile: int | None = None
     margin: int | None = None
     whole_max_pixels: int = 2048 * 2048
-    stats_max_pixels: int = 2048 * 2048
+    stats_max_pixels: int = 2048 * 2048     # exact norm statistics from one whole pass up to this size …
+    approx_stats_pixels: int = 1024 * 1024  # … beyond, estimated on a copy reduced to this size (see tiling)
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
@@ -107,6 +108,7 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
         raise ValueError("fp16 autocast is for GPUs; use fp32 or bf16 on the CPU")
     return TiledRunner(restorer, device, tile=options.tile, margin=options.margin,
                        whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
+                       approx_stats_pixels=options.approx_stats_pixels,
                        autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop)
 
 

@@ -9,9 +9,12 @@ Two things make tiles disagree with the whole image, and each has its cure here:
 * **InstanceNorm statistics.** Each tile would normalise with its own mean and variance, giving each tile
   its own contrast and colour. The statistics of every norm layer are recorded once per image (see
   :class:`~napari_cdd_dehaze.networks.InstanceNorm`) and imposed on all tiles. They are exact when the
-  image has at most ``stats_max_pixels`` pixels; a larger image is first reduced by block averaging to
-  that size for the statistics pass (an approximation: all tiles still share one set of statistics, so
-  there are no seams, but the tone may differ from what a whole-image pass would give).
+  image has at most ``stats_max_pixels`` pixels; a larger image is first reduced by block averaging to at
+  most ``approx_stats_pixels`` for the statistics pass, which bounds its memory (about 1 GB at 1024² for
+  the CPU-sized network). That is an approximation: all tiles still share one set of statistics, so there
+  are no seams, but the tone may differ slightly from what a whole-image pass would give (measured in
+  ``benchmarks/README.md``). Refining the estimate by tiled passes that re-measure every layer was tried
+  and rejected: each pass fixes one more layer exactly, but the layers behind it can move further away.
 """
 from __future__ import annotations
 
@@ -101,12 +104,13 @@ class TiledRunner:
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
                  margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
-                 autocast_dtype: torch.dtype | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+                 approx_stats_pixels: int = 1024 * 1024, autocast_dtype: torch.dtype | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels
         self.margin = default_margin(generator) if margin is None else -(-margin // 4) * 4
-        self.stats_max_pixels = stats_max_pixels
+        self.stats_max_pixels, self.approx_stats_pixels = stats_max_pixels, min(approx_stats_pixels, stats_max_pixels)
         self.autocast_dtype = autocast_dtype
         self.should_stop = should_stop
 
@@ -120,8 +124,8 @@ class TiledRunner:
     @torch.inference_mode()
     def statistics(self, read: ReadWindow, height: int, width: int) -> list:
         """Norm statistics of the image, from a block-averaged copy when it has more than ``stats_max_pixels``."""
-        factor = max(1, math.ceil(math.sqrt(height * width / self.stats_max_pixels)))
-        if factor == 1:
+        factor = max(1, math.ceil(math.sqrt(height * width / self.approx_stats_pixels)))
+        if height * width <= self.stats_max_pixels:
             return record_statistics(self.generator, read(0, height, 0, width).to(self.device))
         band = factor * max(1, 256 // factor)  # rows per read, a multiple of the factor
         rows = [F.avg_pool2d(read(y, min(y + band, height // factor * factor), 0, width // factor * factor), factor)

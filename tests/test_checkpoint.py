@@ -106,9 +106,10 @@ def test_corrupt_and_wrong_shape_checkpoints_say_what_is_wrong(unpaired_folders,
     run = tmp_path / "run"
     _trainer(unpaired_folders, run, steps=1, checkpoint_every=100).run()
     model = latest_checkpoint(run) / "model.safetensors"
-    # a different width cannot take these weights
+    # a network of a different width cannot take these weights
+    wider = Trainer(tiny_config(width=16), *unpaired_folders, tmp_path / "wider")
     with pytest.raises(CheckpointError, match="wrong shape.*width"):
-        Trainer(tiny_config(width=16), *unpaired_folders, tmp_path / "other", init_from=run)
+        ckpt.load_weights(wider.method, ckpt.read_safetensors(model)[0], model, strict=False)
     # a truncated file
     data = model.read_bytes()
     model.write_bytes(data[: len(data) // 2])
@@ -153,3 +154,15 @@ def test_scattering_restorer_round_trips_through_a_run(unpaired_folders, tmp_pat
         x = torch.rand(1, 3, 32, 32) * 2 - 1
         with torch.no_grad():
             assert torch.allclose(restorer(x), trainer.method.shipped_restorer().eval()(x), atol=1e-6)
+
+
+def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folders, tmp_path):
+    """A scattering-head restorer of width 8 finetuned with a preset that says width 16, image output."""
+    trainer = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "run")
+    trainer.run()
+    tuned = Trainer(tiny_config(width=16, output="image", lr=1e-5), *unpaired_folders, tmp_path / "tuned",
+                    init_from=tmp_path / "run" / "restorer.safetensors")
+    assert (tuned.config.width, tuned.config.output, tuned.config.lr) == (8, "scattering", 1e-5)
+    assert torch.equal(tuned.method.restorer.head[1].weight, trainer.method.ema_restorer.head[1].weight)
+    from_checkpoint = Trainer(tiny_config(width=16), *unpaired_folders, tmp_path / "tuned2", init_from=tmp_path / "run")
+    assert (from_checkpoint.config.width, from_checkpoint.config.output) == (8, "scattering")

@@ -32,5 +32,7 @@ def test_shipped_recipes_are_valid():
         for name in ("paper", "cpu"):
             recipe = yaml.safe_load((SCRIPT.parent / "configs" / f"{prefix}{name}.yaml").read_text())
             assert TrainConfig.from_dict(recipe) == preset(name, method=method).replace(device="auto")
+    default = yaml.safe_load((SCRIPT.parent / "configs" / "default.yaml").read_text())
+    assert TrainConfig.from_dict(default) == preset("default")  # the bundled model's recipe, in both places
     smoke = TrainConfig.from_dict(yaml.safe_load((SCRIPT.parent / "configs" / "smoke.yaml").read_text()))
     assert smoke.width == 8 and smoke.steps == 20

@@ -75,6 +75,32 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
+
+ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output")
+
+
+def architecture_of(source: str | Path) -> dict:
+    """The network fields of the model at ``source`` (a restorer file, or a checkpoint of any run).
+
+    Finetuning takes them from the model it starts from, whatever preset chose the other settings: the
+    bundled default (width 32, 6 blocks, scattering head) can be finetuned with the ``cpu`` preset's
+    learning rate and crops without the user matching its architecture by hand.
+    """
+    file = resolve_model_path(source)
+    _, metadata = read_safetensors(file)
+    if metadata.get("kind") == "restorer":
+        try:
+            fields = {k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}
+            fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]))
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
+        if "output" in fields:  # a restorer records its own role; the run's field names the pair
+            fields["output"] = "image" if fields["output"] == "image" else "scattering"
+        return fields
+    saved = read_meta(file.parent)["config"]
+    return {k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}
+
+
 class Trainer:
     """Train ``config.method`` on two unpaired folders, writing checkpoints under ``run_dir``.
 
@@ -99,6 +125,8 @@ class Trainer:
             config = self._resumed_config(meta, config)
         if config is None:
             raise ValueError("a config is needed unless resuming")
+        if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
+            config = config.replace(**architecture_of(init_from))
         self.config = config
         self.replicas, device = replicas_from_environment(config.device)
         self.device = pick_device(device)

@@ -44,7 +44,7 @@ class RestoreOptions:
     margin: int | None = None
     whole_max_pixels: int = 2048 * 2048
     stats_max_pixels: int = 2048 * 2048     # exact norm statistics from one whole pass up to this size …
-    approx_stats_pixels: int = 1024 * 1024  # … beyond, estimated on a copy reduced to this size (see tiling)
+    approx_stats_pixels: int = 2048 * 2048  # … beyond, estimated on a copy reduced to this size (see tiling)
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None

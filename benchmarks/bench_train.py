@@ -91,7 +91,8 @@ def main() -> None:
 
     results = []
     layouts = [False, True] if args.channels_last else [False]
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
     print("| case | width×blocks | precision | passes | channels-last | s/step | steps/s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for case in args.only or list(CASES):

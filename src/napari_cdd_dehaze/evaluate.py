@@ -79,7 +79,7 @@ class Report:
         return len(self.method_errors) + sum(len(s.errors) for s in self.sets)
 
     def summary_table(self) -> str:
-        """Methods as rows, sets as columns; paired cells PSNR / SSIM / CIEDE2000, unpaired the output's dark channel."""
+        """Methods as rows, sets as columns; paired cells PSNR / SSIM / CIEDE2000, unpaired the dark channel."""
         header = ["method"] + [f"{s.name} ({len(s.images)}, {s.kind})" for s in self.sets]
         rows = [[name] + [_summary_cell(s, name) for s in self.sets] for name in self.methods]
         return _table(header, rows)

@@ -161,10 +161,11 @@ class ResnetGenerator(nn.Module):
     def _check_layers(self, layers: tuple[int, ...]) -> None:
         bad = [i for i in layers if not 0 <= i < len(self.encoder)]
         if bad:
-            raise ValueError(f"encoder layer indices {bad} out of range: this encoder has layers 0..{len(self.encoder) - 1} "
-                             f"({self.config.blocks} residual blocks)")
+            raise ValueError(f"encoder layer indices {bad} out of range: this encoder has layers "
+                             f"0..{len(self.encoder) - 1} ({self.config.blocks} residual blocks)")
 
-    def forward(self, x: torch.Tensor, layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor,
+                layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Translate ``x``; with ``layers``, also return the encoder features tapped at those indices.
 
         One pass gives both the image and the features, so a contrastive loss never needs a second

@@ -46,7 +46,8 @@ def resume_config(run_dir: str | Path, **changes) -> TrainConfig:
         raise CheckpointError(f"nothing to resume: {run_dir} holds no checkpoint")
     unknown = set(changes) - set(RUN_CONTROL_FIELDS)
     if unknown:
-        raise ValueError(f"a resumed run can change only {', '.join(RUN_CONTROL_FIELDS)}, not {', '.join(sorted(unknown))}")
+        raise ValueError(f"a resumed run can change only {', '.join(RUN_CONTROL_FIELDS)}, "
+                         f"not {', '.join(sorted(unknown))}")
     saved = TrainConfig.from_dict(read_meta(checkpoint)["config"])
     return saved.replace(**{k: v for k, v in changes.items() if v is not None})
 

@@ -164,5 +164,7 @@ def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folde
                     init_from=tmp_path / "run" / "restorer.safetensors")
     assert (tuned.config.width, tuned.config.output, tuned.config.lr) == (8, "scattering", 1e-5)
     assert torch.equal(tuned.method.restorer.head[1].weight, trainer.method.ema_restorer.head[1].weight)
+    bundled = Trainer(tiny_config(), *unpaired_folders, tmp_path / "tuned3", init_from="default")
+    assert (bundled.config.width, bundled.config.blocks, bundled.config.output) == (32, 6, "scattering")
     from_checkpoint = Trainer(tiny_config(width=16), *unpaired_folders, tmp_path / "tuned2", init_from=tmp_path / "run")
     assert (from_checkpoint.config.width, from_checkpoint.config.output) == (8, "scattering")

@@ -128,9 +128,9 @@ def test_tiffs_are_restored_window_by_window_and_match_in_memory(unpaired_folder
 def test_train_dcd_gan_by_method_argument_and_apply(rainy_folders, tmp_path, monkeypatch, capsys):
     from napari_cdd_dehaze import config
     from napari_cdd_dehaze.checkpoint import latest_checkpoint, read_meta
-    monkeypatch.setitem(config.DCD_PRESETS, "paper", {**config.DCD_PRESETS["paper"], "width": 8, "blocks": 2, "disc_width": 8,
-                                                    "num_patches": 16, "nce_layers": (0, 4, 8, 11), "head_dim": 32,
-                                                    "load_size": 0})
+    tiny = {"width": 8, "blocks": 2, "disc_width": 8, "num_patches": 16, "nce_layers": (0, 4, 8, 11), "head_dim": 32,
+            "load_size": 0}
+    monkeypatch.setitem(config.DCD_PRESETS, "paper", {**config.DCD_PRESETS["paper"], **tiny})
     degraded, clean = rainy_folders
     run = tmp_path / "run"
     assert main(["train", "--method", "dcd-gan", "--degraded", str(degraded), "--clean", str(clean),
@@ -150,3 +150,15 @@ def test_synth_rain_writes_unpaired_folders(tmp_path):
     assert main(["synth-rain", str(tmp_path / "demo")]) == 0
     for sub in ("degraded", "clean", "test/rainy", "test/clear"):
         assert any((tmp_path / "demo" / sub).glob("*.png"))
+
+
+def test_demo_restores_the_hazy_sample_with_the_default_model_and_baselines(tmp_path, capsys):
+    """The README's first command: no input, no display; a picture and one PSNR per method."""
+    assert main(["demo", "--out", str(tmp_path / "demo.png"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    scores = {line.split(":")[0]: float(line.split("PSNR ")[1].split(" dB")[0])
+              for line in err.splitlines() if "PSNR" in line}
+    assert set(scores) == {"dark channel prior", "colour atten. prior", "default model (CDD-GAN)"}
+    assert all(10 < s < 60 for s in scores.values())
+    picture = read_image(tmp_path / "demo.png")
+    assert picture.ndim == 3 and picture.shape[1] > 4 * picture.shape[0]  # one row of five panels

@@ -133,6 +133,15 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import draw, run_demo
+
+    clear, _, results = run_demo(args.model, tuple(args.baseline), device=args.device,
+                                 log=lambda message: print(message, file=sys.stderr))
+    print(f"picture: {draw(clear, results, args.out)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration: CDD-GAN "
                                      "(dehazing) and DCD-GAN (deraining).")
@@ -153,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="learning rate")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
-    train.add_argument("--init", help="start from the weights of this run, checkpoint or .safetensors file")
+    train.add_argument("--init", help="start from the weights of this run, checkpoint or .safetensors file, or "
+                                      "\"default\" (the bundled model); its network is kept")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     train.set_defaults(run=_train)
@@ -185,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="for learned models: auto (default), cpu, cuda, mps")
     ev.add_argument("--tile", type=int, help="tile size for learned models (default as in apply)")
     ev.set_defaults(run=_eval)
+
+    demo = sub.add_parser("demo", help="restore a synthetic hazy scene with a model and classical baselines; "
+                                       "write a side-by-side picture and print each PSNR (no input, no display)")
+    demo.add_argument("--out", default="demo.png", help="picture to write (default demo.png)")
+    demo.add_argument("--model", default="default", help="model to show (default: the bundled one)")
+    demo.add_argument("--baseline", nargs="*", default=["dcp", "cap"], help="classical methods beside it")
+    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    demo.set_defaults(run=_demo)
 
     synth = sub.add_parser("synth-haze", help="write a small unpaired hazy/clean demo set from scikit-image photos")
     synth.add_argument("out", help="folder to create (degraded/, clean/, test/hazy, test/clear)")

@@ -135,7 +135,7 @@ PRESETS: dict[str, dict] = {
     # The bundled default model's recipe (training/configs/default.yaml, which a test keeps equal to this):
     # the "cpu" sizes with the scattering-model head and the loss weights that let it learn (see that file).
     # Finetuning the default model with this preset continues the recipe it was trained with.
-    "default": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=2000,
+    "default": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=1600,
                     disc_width=32, checkpoint_every=200, output="scattering", lambda_gan=4.0, lambda_nce=1.0,
                     lambda_cycle=1.0, lambda_identity=0.5),
 }

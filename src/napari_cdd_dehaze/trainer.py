@@ -126,6 +126,9 @@ class Trainer:
             config = self._resumed_config(meta, config)
         if config is None:
             raise ValueError("a config is needed unless resuming")
+        if str(init_from) == "default":  # the bundled model, by name as everywhere else
+            from .models import DEFAULT_WEIGHTS
+            init_from = DEFAULT_WEIGHTS
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
             config = config.replace(**architecture_of(init_from))
         self.config = config

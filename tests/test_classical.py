@@ -138,11 +138,15 @@ def test_stop_is_honoured_between_planes(dcp, hazy_pairs):
     assert len(calls) == 3  # asked before each plane: two ran, the third was refused
 
 
-def test_load_model_names_and_errors(tmp_path):
+def test_load_model_names_and_errors(tmp_path, monkeypatch):
     assert isinstance(load_model("dcp"), ClassicalDehazer) and load_model("cap").name == "cap"
     image = np.random.default_rng(0).random((20, 20, 3)).astype(np.float32)
     assert np.array_equal(load_model("identity")(image), image)
     assert {"dcp", "cap", "identity", "default"} <= set(BUILTIN_MODELS)
+    bundled = load_model("default")
+    assert bundled.config.output == "dehaze" and (bundled.config.width, bundled.config.blocks) == (32, 6)
+    import napari_cdd_dehaze.models as models
+    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")  # a build without weights
     with pytest.raises(CheckpointError, match="no default model is bundled"):
         load_model("default")
     with pytest.raises(CheckpointError, match="not a built-in model"):

@@ -143,3 +143,22 @@ def test_a_checkpoint_of_one_method_cannot_initialise_the_other(rainy_folders, t
     # the restorer alone is just a generator: it may start either method
     tuned = Trainer(tiny_config(), *rainy_folders, tmp_path / "tuned", init_from=tmp_path / "run/restorer.safetensors")
     assert tuned.step == 0
+
+
+def test_equals_cdd_gan_without_generated_negatives_step_for_step():
+    """DCD-GAN is CDD-GAN minus the negative generators: from the same weights, on the same batches and with
+    the same step randomness, CDD-GAN with ``negatives="internal"`` takes exactly the same steps. So any
+    difference between short runs of the two comes from their initial weights and data, not from the step."""
+    dcd = _method(gan_mode="lsgan")
+    cdd = build_method(dcd.config.replace(method="cdd-gan"))
+    shared = {k: v for k, v in cdd.state_dict().items() if k in dcd.state_dict()}
+    assert set(dcd.state_dict()) <= set(shared)  # every DCD-GAN tensor exists in CDD-GAN
+    cdd.load_state_dict({**cdd.state_dict(), **dcd.state_dict()})
+    opt_dcd, opt_cdd = dcd.make_optimisers(), cdd.make_optimisers()
+    for step in range(3):
+        batch = _batch(seed=step)
+        a = dcd.training_step(*batch, opt_dcd, torch.Generator().manual_seed(step))
+        b = cdd.training_step(*batch, opt_cdd, torch.Generator().manual_seed(step))
+        assert {k: b[k] for k in a} == pytest.approx(a, rel=1e-5, abs=1e-6)
+    for name, tensor in dcd.state_dict().items():
+        assert torch.allclose(tensor, cdd.state_dict()[name], atol=1e-5), name

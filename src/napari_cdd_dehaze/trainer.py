@@ -76,7 +76,6 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
-
 ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output")
 
 

@@ -7,6 +7,10 @@ set against the fp32 and bf16 matrix-multiply rates measured at the start of the
 
     python benchmarks/bench_restore.py --width 32 --blocks 6
     python benchmarks/bench_restore.py --cases 1024-rgb-whole 1024-rgb-tiled
+    python benchmarks/bench_restore.py --device cuda --precision bf16
+
+On a GPU the matrix-multiply rates are measured on the GPU, the timed restore ends with the array back
+in host memory (``restore_array`` returns numpy), and the table adds the peak GPU memory.
 """
 from __future__ import annotations
 
@@ -28,16 +32,26 @@ CASES = {  # name: (side, channels, dtype, tile)  tile 0 = whole image
     "2048-u16-tiled": (2048, 1, "uint16", 512),
     "4096-rgb-tiled": (4096, 3, "uint8", 512),
     "8192-rgb-tiled": (8192, 3, "uint8", 512),
+    "4096-rgb-whole": (4096, 3, "uint8", 0),  # GPU only: whole-image activations of 4096²/8192² need
+    "8192-rgb-whole": (8192, 3, "uint8", 0),  # tens of GB (fine on a large card, not in 24 GB of RAM)
 }
+GPU_ONLY = {"4096-rgb-whole", "8192-rgb-whole"}
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 5, device: str = "cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    _sync(device)
     start = time.perf_counter()
     for _ in range(repeat):
         a @ b
+    _sync(device)
     return 2 * n ** 3 * repeat / (time.perf_counter() - start) / 1e9
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def conv_flops_per_pixel(generator: torch.nn.Module) -> float:
@@ -71,7 +85,7 @@ def synthetic_image(side: int, channels: int, dtype: str) -> np.ndarray:
     return image[..., 0] if channels == 1 else image
 
 
-def measure(case: str, width: int, blocks: int, precision: str) -> dict:
+def measure(case: str, width: int, blocks: int, precision: str, device: str = "cpu") -> dict:
     from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
     from napari_cdd_dehaze.restore import RestoreOptions, restore_array
 
@@ -79,8 +93,11 @@ def measure(case: str, width: int, blocks: int, precision: str) -> dict:
     torch.manual_seed(0)
     generator = ResnetGenerator(GeneratorConfig(channels=3, width=width, blocks=blocks)).eval()
     image = synthetic_image(side, channels, dtype)
-    options = RestoreOptions(device="cpu", tile=tile, precision=precision)
+    options = RestoreOptions(device=device, tile=tile, precision=precision)
     restore_array(generator, image[:64, :64], options)  # warm-up
+    if device.startswith("cuda"):
+        restore_array(generator, image[:512, :512], options)  # cuDNN algorithm choice for the tile size
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     restore_array(generator, image, options)
     seconds = time.perf_counter() - start
@@ -88,7 +105,8 @@ def measure(case: str, width: int, blocks: int, precision: str) -> dict:
     useful = conv_flops_per_pixel(generator) * side * side  # grey and RGB both take one pass
     return {"case": case, "width": width, "blocks": blocks, "precision": precision, "seconds": seconds,
             "mp_per_s": megapixels / seconds, "gflop_per_s": useful / seconds / 1e9,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
 
 
 def main() -> None:
@@ -96,32 +114,40 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="default: all")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=9)
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
     parser.add_argument("--json", help="write the results here as well")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.width, args.blocks, args.precision)))
+        print(json.dumps(measure(args.child, args.width, args.blocks, args.precision, args.device)))
         return
 
-    # bf16 at 512² only: without native bf16 (AVX2 machines) a 2048² product takes minutes
-    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, n=512, repeat=2)
-    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"matmul: fp32 {fp32:.0f} GFLOP/s (2048²), bf16 {bf16:.1f} GFLOP/s (512²); network width {args.width}, "
-          f"{args.blocks} blocks, {args.precision}")
-    print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB |", flush=True)
-    print("|---|---|---|---|---|---|")
+    if args.device.startswith("cuda"):
+        n, repeat = 8192, 10
+        fp32, bf16 = (matmul_rate(t, n, repeat, args.device) for t in (torch.float32, torch.bfloat16))
+        where = f"{torch.cuda.get_device_name(args.device)}, matmul {n}²"
+    else:  # bf16 at 512² only: without native bf16 (AVX2 machines) a 2048² product takes minutes
+        fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, n=512, repeat=2)
+        where = f"{torch.get_num_threads()} threads, matmul fp32 2048², bf16 512²"
+    print(f"# {platform.machine()}, {where}, torch {torch.__version__}; "
+          f"matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s; network width {args.width}, "
+          f"{args.blocks} blocks, {args.precision} on {args.device}")
+    print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB | peak GPU MB |", flush=True)
+    print("|---|---|---|---|---|---|---|")
     results = []
-    for case in args.cases or list(CASES):
+    default_cases = [c for c in CASES if args.device.startswith("cuda") or c not in GPU_ONLY]
+    for case in args.cases or default_cases:
         child = [sys.executable, __file__, "--child", case, "--width", str(args.width), "--blocks", str(args.blocks),
-                 "--precision", args.precision]
+                 "--precision", args.precision, "--device", args.device]
         r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
         results.append(r)
         print(f"| {case} | {r['seconds']:.1f} | {r['mp_per_s']:.3f} | {r['gflop_per_s']:.0f} | "
-              f"{r['gflop_per_s'] / fp32:.0%} | {r['peak_rss_mb']:.0f} |", flush=True)
+              f"{r['gflop_per_s'] / fp32:.0%} | {r['peak_rss_mb']:.0f} "
+              f"| {'–' if r['peak_gpu_mb'] is None else round(r['peak_gpu_mb'])} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.platform(), "torch": torch.__version__, "matmul_fp32": fp32,
+            json.dump({"machine": platform.platform(), "where": where, "torch": torch.__version__, "matmul_fp32": fp32,
                        "matmul_bf16": bf16, "results": results}, f, indent=2)
 
 

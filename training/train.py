@@ -24,7 +24,7 @@ from napari_cdd_dehaze.checkpoint import CheckpointError
 from napari_cdd_dehaze.config import TrainConfig
 from napari_cdd_dehaze.data import DataError
 from napari_cdd_dehaze.distributed import shutdown
-from napari_cdd_dehaze.trainer import Trainer, resume_config
+from napari_cdd_dehaze.trainer import RUN_CONTROL_FIELDS, Trainer, resume_config
 
 
 def train() -> int:
@@ -40,12 +40,13 @@ def train() -> int:
                         help="every N steps, verify that all ranks hold bit-identical weights (0: never)")
     args = parser.parse_args()
 
-    # 1. config: the recipe file, validated once; a resumed run keeps its saved config
-    #    (steps and the per-process batch_size may change, e.g. to keep the global batch on fewer GPUs)
+    # 1. config: the recipe file, validated once; a resumed run keeps its saved config except the
+    #    run-control fields the recipe names (steps, checkpoint cadence, device, and the per-process
+    #    batch_size, e.g. to keep the global batch on fewer GPUs)
     recipe = yaml.safe_load(Path(args.config).read_text()) or {}
     config = TrainConfig.from_dict(recipe)
     if args.resume:
-        config = resume_config(args.out, steps=config.steps, batch_size=config.batch_size)
+        config = resume_config(args.out, **{k: getattr(config, k) for k in RUN_CONTROL_FIELDS if k in recipe})
 
     # 2. engine: data is checked before any network is built; under torchrun this joins the process group
     trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)

@@ -93,6 +93,7 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
     torch.manual_seed(0)
     generator = ResnetGenerator(GeneratorConfig(channels=3, width=width, blocks=blocks)).eval()
     image = synthetic_image(side, channels, dtype)
+    useful = conv_flops_per_pixel(generator) * side * side  # counted before the restore moves the net
     options = RestoreOptions(device=device, tile=tile, precision=precision)
     restore_array(generator, image[:64, :64], options)  # warm-up
     if device.startswith("cuda"):
@@ -101,8 +102,7 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
     start = time.perf_counter()
     restore_array(generator, image, options)
     seconds = time.perf_counter() - start
-    megapixels = side * side / 1e6
-    useful = conv_flops_per_pixel(generator) * side * side  # grey and RGB both take one pass
+    megapixels = side * side / 1e6  # grey and RGB both take one pass
     return {"case": case, "width": width, "blocks": blocks, "precision": precision, "seconds": seconds,
             "mp_per_s": megapixels / seconds, "gflop_per_s": useful / seconds / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device,

@@ -4,7 +4,7 @@
 # Expects the unpaired training set in DATA (degraded/, clean/, val/{hazy,clear}); writes logs, reports and
 # the validation-best restorers under OUT. Each part runs on its own: one failing does not stop the next.
 set -u
-DATA=${DATA:-.gpudata}; OUT=${OUT:?}; MINUTES=${MINUTES:-5.5}; DEVICE=${DEVICE:-cuda}; BENCH=${BENCH:-1}
+DATA=${DATA:-.gpudata}; VAL=${VAL:-$DATA/val}; OUT=${OUT:?}; MINUTES=${MINUTES:-5.5}; DEVICE=${DEVICE:-cuda}; BENCH=${BENCH:-1}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-3}
 R=$OUT/results; mkdir -p $R; DEADLINE=$(( $(date +%s) + ${SECONDS_TOTAL:-560} ))
 pack() { tar czf $OUT/results.tgz -C $OUT results; }  # after every part: only 8 files come back
@@ -21,7 +21,7 @@ D=training/configs/default.yaml
 RUNS=${RUNS:-"ft=$D:default:batch_size=4,lr=1e-4 b4=$D::batch_size=4 b4bf16=$D::batch_size=4,precision=bf16
   c256=$D::batch_size=4,crop=256 ft256=$D:default:batch_size=4,crop=256,lr=1e-4"}
 timeout $(python3 -c "print(int($MINUTES*60 + 150))") python3 training/timed_runs.py \
-  --degraded $DATA/degraded --clean $DATA/clean --val $DATA/val --out /tmp/sweep --minutes $MINUTES \
+  --degraded $DATA/degraded --clean $DATA/clean --val $VAL --out /tmp/sweep --minutes $MINUTES \
   --device $DEVICE --calibrate ${CALIBRATE:-50} --snapshots ${SNAPSHOTS:-4} $(for r in $RUNS; do echo --run $r; done) \
   2>&1 | tee $R/sweep.txt
 cp /tmp/sweep/*.log /tmp/sweep/*.yaml /tmp/sweep/summary.json $R/ 2>/dev/null; cp -r /tmp/sweep/val $R/

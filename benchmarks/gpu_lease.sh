@@ -26,7 +26,7 @@ timeout $(python3 -c "print(int($MINUTES*60 + 150))") python3 training/timed_run
   2>&1 | tee $R/sweep.txt
 cp /tmp/sweep/*.log /tmp/sweep/*.yaml /tmp/sweep/summary.json $R/ 2>/dev/null; cp -r /tmp/sweep/val $R/
 for r in /tmp/sweep/*/; do cp $r/losses.csv $R/$(basename $r)_losses.csv 2>/dev/null; done
-python3 benchmarks/export_best.py /tmp/sweep $OUT 6 2>&1 | tee -a $R/sweep.txt; pack
+python3 benchmarks/export_best.py /tmp/sweep $OUT ${EXPORTS:-6} 2>&1 | tee -a $R/sweep.txt; pack
 
 if [ "$BENCH" = 1 ]; then
 # 2. restoration throughput and memory (issue 3), the default model's size, fp32 and bf16

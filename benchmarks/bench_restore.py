@@ -140,7 +140,12 @@ def main() -> None:
     for case in args.cases or default_cases:
         child = [sys.executable, __file__, "--child", case, "--width", str(args.width), "--blocks", str(args.blocks),
                  "--precision", args.precision, "--device", args.device]
-        r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode != 0:  # report the case and go on with the others
+            why = (done.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"| {' '.join(child[2:])} | failed: {why} |", flush=True)
+            continue
+        r = json.loads(done.stdout)
         results.append(r)
         print(f"| {case} | {r['seconds']:.1f} | {r['mp_per_s']:.3f} | {r['gflop_per_s']:.0f} | "
               f"{r['gflop_per_s'] / fp32:.0%} | {r['peak_rss_mb']:.0f} "

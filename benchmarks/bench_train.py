@@ -121,7 +121,12 @@ def main() -> None:
                 for cl in layouts:
                     child = [sys.executable, __file__, "--steps", str(args.steps), "--device", args.device,
                              "--child", f"{case},{precision},{variant},{int(cl)}"]
-                    r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
+                    done = subprocess.run(child, capture_output=True, text=True)
+                    if done.returncode != 0:  # report the case and go on with the others
+                        why = (done.stderr.strip().splitlines() or ["?"])[-1]
+                        print(f"| {' '.join(child[2:])} | failed: {why} |", flush=True)
+                        continue
+                    r = json.loads(done.stdout)
                     results.append(r)
                     gpu_mb = "–" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}"
                     print(f"| {case} | {r['width']}×{r['blocks']} | {r['batch_size']} | {precision} | {variant} "

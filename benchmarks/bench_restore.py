@@ -25,10 +25,14 @@ import time
 import numpy as np
 import torch
 
-CASES = {  # name: (side, channels, dtype, tile)  tile 0 = whole image
+CASES = {  # name: (side, channels, dtype, tile)  tile 0 = whole image, "stream" = layer by layer over row bands
     "1024-rgb-whole": (1024, 3, "uint8", 0),
+    "1024-rgb-streamed": (1024, 3, "uint8", "stream"),
     "1024-rgb-tiled": (1024, 3, "uint8", 512),
     "2048-u16-whole": (2048, 1, "uint16", 0),
+    "2048-u16-streamed": (2048, 1, "uint16", "stream"),
+    "4096-rgb-streamed": (4096, 3, "uint8", "stream"),
+    "8192-rgb-streamed": (8192, 3, "uint8", "stream"),
     "2048-u16-tiled": (2048, 1, "uint16", 512),
     "4096-rgb-tiled": (4096, 3, "uint8", 512),
     "8192-rgb-tiled": (8192, 3, "uint8", 512),
@@ -36,6 +40,7 @@ CASES = {  # name: (side, channels, dtype, tile)  tile 0 = whole image
     "8192-rgb-whole": (8192, 3, "uint8", 0),  # tens of GB (fine on a large card, not in 24 GB of RAM)
 }
 GPU_ONLY = {"4096-rgb-whole", "8192-rgb-whole"}
+SLOW = {"2048-u16-tiled", "4096-rgb-tiled", "8192-rgb-tiled"}  # superseded by streaming: run when named
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 5, device: str = "cpu") -> float:
@@ -94,7 +99,10 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
     generator = ResnetGenerator(GeneratorConfig(channels=3, width=width, blocks=blocks)).eval()
     image = synthetic_image(side, channels, dtype)
     useful = conv_flops_per_pixel(generator) * side * side  # counted before the restore moves the net
-    options = RestoreOptions(device=device, tile=tile, precision=precision)
+    if tile == "stream":  # the default beyond whole_max_pixels; forced here at every size
+        options = RestoreOptions(device=device, tile=None, whole_max_pixels=0, precision=precision)
+    else:
+        options = RestoreOptions(device=device, tile=tile, precision=precision)
     restore_array(generator, image[:64, :64], options)  # warm-up
     if device.startswith("cuda"):
         restore_array(generator, image[:512, :512], options)  # cuDNN algorithm choice for the tile size
@@ -136,7 +144,7 @@ def main() -> None:
     print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB | peak GPU MB |", flush=True)
     print("|---|---|---|---|---|---|---|")
     results = []
-    default_cases = [c for c in CASES if args.device.startswith("cuda") or c not in GPU_ONLY]
+    default_cases = [c for c in CASES if (args.device.startswith("cuda") or c not in GPU_ONLY) and c not in SLOW]
     for case in args.cases or default_cases:
         child = [sys.executable, __file__, "--child", case, "--width", str(args.width), "--blocks", str(args.blocks),
                  "--precision", args.precision, "--device", args.device]

@@ -10,9 +10,11 @@
   — integers by their dtype's range, floats within [0, 1] as they are, other floats by their robust
   (0.1–99.9 percentile) range — and mapped back, so the output has the input's dtype and scale. One map
   serves a whole stack, so planes stay comparable. NaN or infinite input is an error.
-* **Size**: images are padded to a multiple of 4 (reflection; replication for tiny ones) and run whole or in
-  tiles (:mod:`~napari_cdd_dehaze.tiling`); tiles are read from and written to the arrays window by window,
-  so memory stays bounded by the tile size, not the image.
+* **Size**: images are padded to a multiple of 4 (reflection; replication for tiny ones) and run whole, or
+  beyond ``whole_max_pixels`` streamed layer by layer over row bands with exact statistics
+  (:mod:`~napari_cdd_dehaze.streaming`), or in tiles when a tile size is given
+  (:mod:`~napari_cdd_dehaze.tiling`); bands and tiles are read from and written to the arrays window by
+  window, so memory stays bounded by the band or tile, not the image.
 * **Classical dehazers** (:class:`~napari_cdd_dehaze.classical.ClassicalDehazer`) share all of the above except
   tiling: their airlight is a global estimate, so each plane runs whole (in memory), progress counts planes
   and ``should_stop`` is honoured between planes. A grey channel is given to them as grey.
@@ -37,7 +39,13 @@ MIN_SIDE = 16  # smaller images are padded up to this for the two downsamplings 
 
 @dataclass
 class RestoreOptions:
-    """How to run: ``tile`` 0 = whole image; ``None`` = whole up to ``whole_max_pixels``, tiles of 512 beyond."""
+    """How to run: ``tile`` 0 = whole image; ``None`` = whole up to ``whole_max_pixels``, streamed layer by layer
+    beyond (exact, bounded memory; :mod:`~napari_cdd_dehaze.streaming`); a number = overlapping tiles of that size.
+
+    Streaming keeps up to ``stream_memory_bytes`` of intermediate layers in RAM and puts the rest in (deleted,
+    temporary) files in ``scratch_dir``, by default the system's temporary folder: at its peak it needs about
+    6 × (the network's width) bytes per pixel of free disk (≈ 13 GB at 8192² for width 32).
+    """
 
     device: str | torch.device = "auto"
     tile: int | None = None
@@ -45,6 +53,9 @@ class RestoreOptions:
     whole_max_pixels: int = 2048 * 2048
     stats_max_pixels: int = 2048 * 2048     # exact norm statistics from one whole pass up to this size …
     approx_stats_pixels: int = 2048 * 2048  # … beyond, estimated on a copy reduced to this size (see tiling)
+    stream_memory_bytes: int = 1 << 30
+    stream_band_elements: int = 1 << 24   # one band's input (channels × rows × width): 64 MB of float32
+    scratch_dir: str | None = None
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
@@ -109,6 +120,8 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
     return TiledRunner(restorer, device, tile=options.tile, margin=options.margin,
                        whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
                        approx_stats_pixels=options.approx_stats_pixels,
+                       stream_memory_bytes=options.stream_memory_bytes, scratch_dir=options.scratch_dir,
+                       band_elements=options.stream_band_elements,
                        autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop)
 
 

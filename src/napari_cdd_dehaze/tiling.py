@@ -1,22 +1,26 @@
-"""Seamless tiled inference for the ResNet generator: any image size in bounded memory.
+"""Inference for the ResNet generator at any image size: whole, streamed layer by layer, or in tiles.
 
-Two things make tiles disagree with the whole image, and each has its cure here:
+* **Whole** (up to ``whole_max_pixels``, 2048² by default): one forward pass.
+* **Streamed** (beyond, the default): :mod:`~napari_cdd_dehaze.streaming` runs one layer at a time over row
+  bands, keeping every layer's exact InstanceNorm statistics, so the result equals the whole-image pass (to
+  float rounding) in memory bounded by a band and not by the image.
+* **Tiles** (an explicit ``tile`` size): every layer on one window. Two things make tiles disagree with the
+  whole image, and each has its cure here:
 
-* **Borders.** A tile's edge pixels see reflection padding instead of their true neighbours. Every tile is
-  therefore run with a *margin* of real context at least the network's receptive-field radius wide, and
-  only its core is kept: the core is then exactly what the whole image would give. Cores and margins are
-  multiples of 4 so that the two stride-2 downsamplings see the same pixel grid in every tile.
-* **InstanceNorm statistics.** Each tile would normalise with its own mean and variance, giving each tile
-  its own contrast and colour. The statistics of every norm layer are recorded once per image (see
-  :class:`~napari_cdd_dehaze.networks.InstanceNorm`) and imposed on all tiles. They are exact when the
-  image has at most ``stats_max_pixels`` pixels; a larger image is first reduced by block averaging to at
-  most ``approx_stats_pixels`` (default: the same 2048²) for the statistics pass. That pass's memory is
-  the peak of a tiled run (about 3 GB at 2048² for the CPU-sized network, 1 GB at 1024²), so a smaller
-  copy trades accuracy for memory. It is an approximation either way: all tiles share one set of
-  statistics, so there are no seams, but the tone can differ from what a whole-image pass would give
-  (measured in ``benchmarks/README.md``). Refining the estimate by tiled passes that re-measure every layer
-  over the tile cores was tried and rejected: each pass makes one more layer exact, but the layers behind
-  it can move further away (a test network went from 0.77 to 1.0 max error after one pass).
+  - *Borders.* A tile's edge pixels see reflection padding instead of their true neighbours. Every tile is
+    run with a *margin* of real context at least the network's receptive-field radius wide, and only its
+    core is kept. Cores and margins are multiples of 4 so that the stride-2 layers see the same pixel grid.
+  - *InstanceNorm statistics.* Each tile would normalise with its own mean and variance. The statistics of
+    every norm layer are recorded once per image (:class:`~napari_cdd_dehaze.networks.InstanceNorm`) and
+    imposed on all tiles: exact up to ``stats_max_pixels``; a larger image is first reduced by block
+    averaging to at most ``approx_stats_pixels`` for the statistics pass, an approximation (all tiles share
+    it, so there are no seams, but the tone can differ from the whole-image pass; measured in
+    ``benchmarks/README.md``). Refining that estimate by tiled passes that re-measure every layer was tried
+    and rejected: each pass makes one more layer exact, but the layers behind it can move further away (a
+    test network went from 0.77 to 1.0 max error after one pass). Streaming replaced it.
+
+  Tiles cost a statistics pass plus the margins' recomputation (about 2.3× a whole pass at 1024² with
+  512-pixel tiles); they remain for comparison and for callers that want windows.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import InstanceNorm, ResnetGenerator
+from .streaming import StreamedRunner
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -96,18 +101,20 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class TiledRunner:
     """Runs a generator over a (padded, multiple-of-4) image, whole or window by window.
 
-    ``tile``: 0 runs the whole image at once; ``None`` runs it whole up to ``whole_max_pixels`` and in
-    512-pixel tiles beyond; a number is the tile core size (rounded down to a multiple of 4, at least 64).
-    ``margin`` is the context around each core (default: the receptive-field radius). ``should_stop()``
-    is called before each tile; when it returns True,
-    :class:`Cancelled` is raised. On an out-of-memory error the tile size is halved (down to 64) and the
-    image is started again.
+    ``tile``: 0 runs the whole image at once; ``None`` runs it whole up to ``whole_max_pixels`` and streamed
+    (:class:`~napari_cdd_dehaze.streaming.StreamedRunner`: exact, bounded memory) beyond; a number is the tile
+    core size (rounded down to a multiple of 4, at least 64). ``margin`` is the context around each core
+    (default: the receptive-field radius). Streaming keeps up to ``stream_memory_bytes`` of intermediate
+    layers in RAM and the rest in files in ``scratch_dir``; ``band_elements`` bounds one band.
+    ``should_stop()`` is called before each tile or band; when it returns True, :class:`Cancelled` is
+    raised. On an out-of-memory error the tile size (or the band) is halved and the image started again.
     """
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
                  margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
                  approx_stats_pixels: int = 2048 * 2048, autocast_dtype: torch.dtype | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 should_stop: Callable[[], bool] | None = None, band_elements: int = 1 << 24,
+                 stream_memory_bytes: int = 1 << 30, scratch_dir: str | None = None) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels
@@ -115,6 +122,7 @@ class TiledRunner:
         self.stats_max_pixels, self.approx_stats_pixels = stats_max_pixels, min(approx_stats_pixels, stats_max_pixels)
         self.autocast_dtype = autocast_dtype
         self.should_stop = should_stop
+        self.band_elements, self.stream_memory_bytes, self.scratch_dir = band_elements, stream_memory_bytes, scratch_dir
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -149,6 +157,8 @@ class TiledRunner:
 
         ``progress(done, total)`` is called after each tile.
         """
+        if self.tile is None and height * width > self.whole_max_pixels:
+            return self._run_streamed(read, write, height, width, progress)
         tile, stats = self.tile_for(height, width), None
         while True:
             try:
@@ -166,6 +176,22 @@ class TiledRunner:
                 if not _is_out_of_memory(exc) or tile <= 64:
                     raise
                 tile = max(64, min(tile, max(height, width)) // 2 // 4 * 4)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def _run_streamed(self, read, write, height: int, width: int, progress) -> None:
+        band = self.band_elements
+        while True:
+            try:
+                StreamedRunner(self.generator, self.device, band_elements=band,
+                               memory_bytes=self.stream_memory_bytes, scratch_dir=self.scratch_dir,
+                               autocast_dtype=self.autocast_dtype,
+                               check_stop=self._check_stop).run(read, write, height, width, progress)
+                return
+            except (RuntimeError, torch.OutOfMemoryError) as exc:
+                if not _is_out_of_memory(exc) or band <= 1 << 16:
+                    raise
+                band //= 2
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 

@@ -1,0 +1,112 @@
+"""Streamed inference (one layer at a time over row bands) equals the whole-image pass, in bounded memory."""
+import numpy as np
+import pytest
+import torch
+from skimage.transform import resize
+
+from napari_cdd_dehaze import streaming
+from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.streaming import StreamedRunner, plan
+from napari_cdd_dehaze.tiling import Cancelled
+
+
+def _strong(config: GeneratorConfig) -> ResnetGenerator:
+    """Weights large enough that every layer's statistics matter (a wrong mean shows as a large error)."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(config).eval()
+    for p in g.parameters():
+        p.data.normal_(0, 0.2)
+    return g
+
+
+def _stream(g, x, **kw):
+    out = torch.full((1, g.config.channels, *x.shape[-2:]), float("nan"))
+
+    def write(y0, y1, x0, x1, t):
+        out[..., y0:y1, x0:x1] = t
+    runner = StreamedRunner(g, torch.device("cpu"), **kw)
+    runner.run(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], write, *x.shape[-2:])
+    return out
+
+
+@pytest.mark.parametrize("config", [
+    GeneratorConfig(width=8, blocks=2),
+    GeneratorConfig(width=8, blocks=2, upsample="transpose"),
+    GeneratorConfig(width=8, blocks=3, output="dehaze"),
+    GeneratorConfig(channels=1, width=8, blocks=1, output="haze"),
+], ids=["resize", "transpose", "scattering", "grey"])
+@pytest.mark.parametrize("in_ram", [True, False], ids=["ram", "files"])
+def test_streamed_output_equals_the_whole_image_pass(config, in_ram, tmp_path):
+    g = _strong(config)
+    x = torch.rand(1, config.channels, 100, 132) * 2 - 1
+    with torch.inference_mode():
+        expected = g(x)
+    # the smallest bands (4 rows): every band edge and halo is exercised many times
+    out = _stream(g, x, band_elements=1, memory_bytes=1 << 30 if in_ram else 0, scratch_dir=str(tmp_path))
+    assert not out.isnan().any()
+    assert (out - expected).abs().max() < 1e-4
+    assert list(tmp_path.iterdir()) == []  # scratch files are unlinked at once: nothing is left behind
+
+
+def test_stores_go_to_files_beyond_the_memory_budget(monkeypatch, tmp_path):
+    made = []
+    original = streaming.FileStore.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(args[:3])
+        original(self, *args, **kwargs)
+    monkeypatch.setattr(streaming.FileStore, "__init__", spy)
+    g = _strong(GeneratorConfig(width=8, blocks=1))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    _stream(g, x, memory_bytes=8 * 64 * 64 * 4, scratch_dir=str(tmp_path))  # room for the first store only
+    assert made and (16, 32, 32) in made  # the half-resolution store went to a file
+
+
+def test_restore_array_streams_beyond_whole_max_pixels(photos):
+    g = _strong(GeneratorConfig(width=8, blocks=2, output="dehaze"))
+    photo = resize(photos["coffee"], (261, 347), anti_aliasing=True).astype(np.float32)  # odd sizes
+    whole = restore_array(g, photo, RestoreOptions(device="cpu", tile=0))
+    seen = []
+    streamed = restore_array(g, photo, RestoreOptions(device="cpu", whole_max_pixels=100 * 100,
+                                                      stream_band_elements=20_000,
+                                                      progress=lambda d, t: seen.append((d, t))))
+    assert np.abs(streamed - whole).max() < 1e-4
+    assert seen[-1][0] == seen[-1][1] > 2 * len(plan(g))  # several bands per stage, counted to the total
+
+
+def test_stop_cancels_between_bands():
+    g = _strong(GeneratorConfig(width=8, blocks=1))
+    calls = []
+
+    def stop_after_five():
+        calls.append(1)
+        return len(calls) > 5
+    image = np.random.default_rng(0).random((128, 128, 3), dtype=np.float32)
+    with pytest.raises(Cancelled):
+        restore_array(g, image, RestoreOptions(device="cpu", whole_max_pixels=0, should_stop=stop_after_five))
+    assert len(calls) == 6
+
+
+def test_out_of_memory_halves_the_band_and_gives_the_same_result(monkeypatch):
+    g = _strong(GeneratorConfig(width=8, blocks=1))
+    image = np.random.default_rng(1).random((96, 160, 3), dtype=np.float32)
+    expected = restore_array(g, image, RestoreOptions(device="cpu", tile=0))
+    stage, bands = StreamedRunner._stage, []
+
+    def small_memory(self, *args, **kwargs):
+        bands.append(self.band_elements)
+        if self.band_elements > 1 << 18:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return stage(self, *args, **kwargs)
+    monkeypatch.setattr(StreamedRunner, "_stage", small_memory)
+    out = restore_array(g, image, RestoreOptions(device="cpu", whole_max_pixels=0))
+    assert np.abs(out - expected).max() < 1e-4
+    assert bands[0] == 1 << 24 and bands[-1] <= 1 << 18
+
+
+def test_an_unknown_layout_is_refused():
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=1))
+    g.encoder[1] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="expected Conv2d"):
+        plan(g)

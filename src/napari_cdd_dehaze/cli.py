@@ -175,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         + ", ".join(BUILTIN_MODELS))
     apply.add_argument("--method", help="same as --model, for the built-in methods (e.g. --method dcp)")
     apply.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    apply.add_argument("--tile", type=int, help="tile size in pixels; 0 = whole image (default: whole up to 2048², "
-                                                "512-pixel tiles beyond)")
+    apply.add_argument("--tile", type=int, help="tile size in pixels (overlapping tiles); 0 = whole image "
+                                                "(default: whole up to 2048², streamed layer by layer beyond: exact, "
+                                                "bounded memory)")
     apply.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                        help="autocast precision (default fp32; bf16 only helps on GPUs and bf16-capable CPUs)")
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "

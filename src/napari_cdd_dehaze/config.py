@@ -27,7 +27,8 @@ class TrainConfig:
     width: int = 64
     blocks: int = 9
     upsample: str = "resize"
-    output: str = "image"  # "image", or "scattering": generators predict transmission and airlight (networks.py)
+    output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
+    #                        "rain": the same plus an additive streak layer
     disc_width: int = 64
     # data
     crop: int = 256
@@ -98,9 +99,9 @@ class TrainConfig:
 
     def generator_config(self, role: str = "restore") -> GeneratorConfig:
         """The restorer's (``role="restore"``) or the degrader's (``"degrade"``) network configuration."""
-        if self.output not in ("image", "scattering"):
-            raise ValueError(f"output must be 'image' or 'scattering', got {self.output!r}")
-        output = "image" if self.output == "image" else ("dehaze" if role == "restore" else "haze")
+        if self.output not in RUN_OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(RUN_OUTPUTS)}, got {self.output!r}")
+        output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
         return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
                                output=output)
 
@@ -119,6 +120,10 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# A run's ``output`` → its (restorer, degrader) generator outputs (networks.GeneratorConfig.output).
+RUN_OUTPUTS = {"image": ("image", "image"), "scattering": ("dehaze", "haze"), "rain": ("derain", "rain")}
 
 
 PRESETS: dict[str, dict] = {

@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-OUTPUTS = ("image", "dehaze", "haze")
+OUTPUTS = ("image", "dehaze", "haze", "derain", "rain")
+HEAD_MAPS = {"dehaze": 2, "haze": 2, "derain": 3, "rain": 3}  # transmission, airlight (, streaks)
 MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He et al.'s t0)
 # Logit offsets of the scattering head at init: t ≈ 0.89 and a ≈ 0.82, a mild dehaze. Starting nearer the
 # identity (t ≈ 0.96, offset 3) left the sigmoid's slope at 0.04 and a run stuck at the identity: the L1
 # cycle and identity terms pin both generators there before the adversarial gradient can move them.
 TRANSMISSION_OFFSET, AIRLIGHT_OFFSET = 2.0, 1.5
+STREAK_OFFSET = -3.0  # streak layer ≈ 0.05 at init: near the identity, with a usable slope (0.045)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,8 @@ class GeneratorConfig:
     width: int = 64
     blocks: int = 9
     upsample: str = "resize"  # "resize" (nearest ×2 then conv: no checkerboard) or "transpose"
-    output: str = "image"     # "image" (tanh), or the scattering model: "dehaze" (restorer) / "haze" (degrader)
+    output: str = "image"     # "image" (tanh); the scattering model: "dehaze" (restorer) / "haze" (degrader);
+    #                           with an additive streak layer on top: "derain" / "rain"
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -113,8 +116,8 @@ class ResnetGenerator(nn.Module):
         self.head: nn.Sequential | None = None
         if config.output == "image":
             decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
-        else:  # two maps, transmission and (grey) airlight, from the features *and* the input's intensities
-            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + 1, 2, kernel_size=7))
+        else:  # transmission, (grey) airlight (and streaks) from the features *and* the input's intensities
+            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + 1, HEAD_MAPS[config.output], 7))
         self.decoder = nn.Sequential(*decoder)
 
     def decode(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -138,14 +141,24 @@ class ResnetGenerator(nn.Module):
         output to the input pixel by pixel: the decoder predicts a transmission t ∈ [0.1, 1] and a grey
         airlight a ∈ [0, 1] per pixel, and ``"dehaze"`` returns J = (I − a)/t + a, ``"haze"`` returns
         I·t + a·(1 − t). Every channel gets the same affine map, so hue cannot drift; only contrast and
-        the veil change. The offsets start the network near the identity.
+        the veil change. ``"derain"``/``"rain"`` add a third map, a grey streak layer s ∈ [0, 1] (rain
+        streaks are bright, additive and colourless): I = (J + s)·t + a·(1 − t), the rain synthesis of
+        :func:`~napari_cdd_dehaze.synthesis.add_rain` with its veil. The offsets start the network near the
+        identity.
         """
-        if self.config.output == "image":
+        output = self.config.output
+        if output == "image":
             return decoded
         unit = (x + 1) / 2
         t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
         a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
-        y = (unit - a) / t + a if self.config.output == "dehaze" else unit * t + a * (1 - t)
+        if output == "dehaze":
+            y = (unit - a) / t + a
+        elif output == "haze":
+            y = unit * t + a * (1 - t)
+        else:  # rain: streaks s ≥ 0 added to the scene, then the veil: I = (J + s)·t + a·(1 − t)
+            streaks = torch.sigmoid(decoded[:, 2:3] + STREAK_OFFSET)
+            y = (unit - a) / t + a - streaks if output == "derain" else (unit + streaks) * t + a * (1 - t)
         return y.clamp(0, 1) * 2 - 1
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:

@@ -53,7 +53,7 @@ class RestoreOptions:
     whole_max_pixels: int = 2048 * 2048
     stats_max_pixels: int = 2048 * 2048     # exact norm statistics from one whole pass up to this size …
     approx_stats_pixels: int = 2048 * 2048  # … beyond, estimated on a copy reduced to this size (see tiling)
-    stream_memory_bytes: int = 1 << 30
+    stream_memory_bytes: int = 1 << 29
     stream_band_elements: int = 1 << 24   # one band's input (channels × rows × width): 64 MB of float32
     scratch_dir: str | None = None
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)

@@ -11,10 +11,10 @@ band of rows. Each stage
 * writes them to its own store and adds them to per-channel running moments (merged in float64).
 
 Bands span the full width, so columns are computed exactly as in the whole-image pass; rows near a band's
-edge see the band's own padding instead of their neighbours, and the halo (4 rows, more than any kernel here
-reaches) is there so those rows are thrown away. The output therefore equals ``generator(x)`` up to float
-rounding (tests check 1e-4 on [-1, 1]), with no statistics approximated, at about the cost of one forward
-pass plus the halos (a few percent) and the elementwise norm/residual work.
+edge see the band's own padding instead of their neighbours, so each band is computed with a halo of extra
+rows (as far as the stage's kernel reaches, 1–3) that is thrown away. The output therefore equals
+``generator(x)`` up to float rounding (tests check 1e-4 on [-1, 1]), with no statistics approximated, at about
+the cost of one forward pass plus the halos (a few percent) and the elementwise norm/residual work.
 
 Stores hold the raw (pre-norm) conv outputs at full, half or quarter resolution. They live in RAM while
 their sizes together stay under ``memory_bytes``; beyond, each is a file in ``scratch_dir`` (deleted as soon
@@ -35,7 +35,6 @@ from torch import nn
 
 from .networks import InstanceNorm, ResidualBlock, ResnetGenerator
 
-HALO = 4  # rows of context each side of a band, in the stage's input rows (even: stride-2 alignment)
 Rows = Callable[[int, int], torch.Tensor]  # (y0, y1) → (1, C, y1 - y0, W) float32 on the compute device
 
 
@@ -124,12 +123,18 @@ class Moments:
 
 @dataclass
 class Stage:
-    """One convolution (with its padding, stride or upsampling) and the norm that follows it (None: none)."""
+    """One convolution (with its padding, stride or upsampling) and the norm that follows it (None: none).
+
+    ``halo``: rows of context each side of a band, in input rows: the kernel's reach (3 for 7×7, 1 for 3×3,
+    1 input row for an upsampling 3×3), rounded up to even for a stride-2 stage so bands keep its pixel grid.
+    """
 
     ops: Callable[[torch.Tensor], torch.Tensor]
     in_channels: int
+    out_channels: int
     scale: float
     norm: InstanceNorm | None
+    halo: int
 
 
 @dataclass
@@ -160,30 +165,31 @@ def plan(generator: ResnetGenerator) -> list[Stage]:
 
     c, w = generator.config.channels, generator.config.width
     enc = list(generator.encoder)
-    stages = [Stage(nn.Sequential(expect(enc[0], nn.ReflectionPad2d), expect(enc[1], nn.Conv2d)), c, 1,
-                    expect(enc[2], InstanceNorm))]
+    stages = [Stage(nn.Sequential(expect(enc[0], nn.ReflectionPad2d), expect(enc[1], nn.Conv2d)), c, w, 1,
+                    expect(enc[2], InstanceNorm), 3)]
     for i, mult in ((4, 1), (7, 2)):
-        stages.append(Stage(expect(enc[i], nn.Conv2d), w * mult, 0.5, expect(enc[i + 1], InstanceNorm)))
+        stages.append(Stage(expect(enc[i], nn.Conv2d), w * mult, w * mult * 2, 0.5,
+                            expect(enc[i + 1], InstanceNorm), 2))
     for block in enc[10:]:
         body = list(expect(block, ResidualBlock).body)
         for i in (0, 4):  # pad, conv, norm (, relu)
             stages.append(Stage(nn.Sequential(expect(body[i], nn.ReflectionPad2d), expect(body[i + 1], nn.Conv2d)),
-                                w * 4, 1, expect(body[i + 2], InstanceNorm)))
+                                w * 4, w * 4, 1, expect(body[i + 2], InstanceNorm), 1))
     ops, channels = [], w * 4
     for module in generator.decoder:
         if isinstance(module, InstanceNorm):
-            stages.append(Stage(nn.Sequential(*ops), channels, 2, module))
+            stages.append(Stage(nn.Sequential(*ops), channels, module.num_features, 2, module, 1))
             ops, channels = [], module.num_features
         elif not isinstance(module, nn.ReLU):
             ops.append(module)
     if generator.head is None:
-        stages.append(Stage(nn.Sequential(*ops), channels, 1, None))
+        stages.append(Stage(nn.Sequential(*ops), channels, c, 1, None, 3))
     else:
         head, n = generator.head, generator.config.channels
 
         def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, input, its channel minimum]
             return generator.compose(t[:, channels:channels + n], head(t))
-        stages.append(Stage(scattering, channels + n + 1, 1, None))
+        stages.append(Stage(scattering, channels + n + 1, c, 1, None, 3))
     if len(stages) != 3 + 2 * generator.config.blocks + 3:
         raise ValueError(f"streamed inference: unexpected layout ({len(stages)} stages)")
     return stages
@@ -199,7 +205,7 @@ class StreamedRunner:
     """
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, band_elements: int = 1 << 24,
-                 memory_bytes: int = 1 << 30, scratch_dir: str | None = None,
+                 memory_bytes: int = 1 << 29, scratch_dir: str | None = None,
                  autocast_dtype: torch.dtype | None = None, check_stop: Callable[[], None] | None = None) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.band_elements, self.memory_bytes, self.scratch_dir = band_elements, memory_bytes, scratch_dir
@@ -209,9 +215,14 @@ class StreamedRunner:
         self._in_ram = 0
 
     def band_rows(self, stage: Stage, width: int) -> int:
-        """Core rows per band of ``stage`` (input rows; a multiple of 4) for an input ``width`` wide."""
-        growth = 4 if stage.scale > 1 else 1  # an upsampling stage computes on 4× the pixels it reads
-        rows = self.band_elements // max(1, stage.in_channels * width * growth) - 2 * HALO
+        """Core rows per band of ``stage`` (input rows; a multiple of 4) for an input ``width`` wide.
+
+        The largest tensor of a band bounds it: the input, the output (``scale``² times the pixels), or for
+        an upsampling stage the upsampled input.
+        """
+        pixels = stage.scale ** 2
+        per_row = width * max(stage.in_channels * max(1.0, pixels), stage.out_channels * pixels)
+        rows = int(self.band_elements // per_row) - 2 * stage.halo
         return max(4, rows // 4 * 4)
 
     def _bands(self, height: int, width: int) -> int:
@@ -288,7 +299,7 @@ class StreamedRunner:
         for y0 in range(0, height, band):
             self.check_stop()
             y1 = min(y0 + band, height)
-            s, e = max(0, y0 - HALO), min(height, y1 + HALO)
+            s, e = max(0, y0 - stage.halo), min(height, y1 + stage.halo)
             chunk = source(s, e)
             if keep is not None:
                 keep.write(y0, chunk[0, :, y0 - s:y1 - s].cpu())

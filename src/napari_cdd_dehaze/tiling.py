@@ -114,7 +114,7 @@ class TiledRunner:
                  margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
                  approx_stats_pixels: int = 2048 * 2048, autocast_dtype: torch.dtype | None = None,
                  should_stop: Callable[[], bool] | None = None, band_elements: int = 1 << 24,
-                 stream_memory_bytes: int = 1 << 30, scratch_dir: str | None = None) -> None:
+                 stream_memory_bytes: int = 1 << 29, scratch_dir: str | None = None) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels

@@ -28,7 +28,7 @@ import torch
 from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, checkpoint_path, latest_checkpoint,
                          load_train_state, load_weights, read_meta, read_safetensors, resolve_model_path,
                          save_checkpoint, save_restorer)
-from .config import TrainConfig
+from .config import RUN_OUTPUTS, TrainConfig
 from .data import ImageFolder, UnpairedBatches
 from .devices import pick_device
 from .distributed import replicas_from_environment
@@ -95,7 +95,7 @@ def architecture_of(source: str | Path) -> dict:
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
         if "output" in fields:  # a restorer records its own role; the run's field names the pair
-            fields["output"] = "image" if fields["output"] == "image" else "scattering"
+            fields["output"] = next(run for run, pair in RUN_OUTPUTS.items() if fields["output"] in pair)
         return fields
     saved = read_meta(file.parent)["config"]
     return {k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}

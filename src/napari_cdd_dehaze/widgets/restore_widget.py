@@ -30,8 +30,8 @@ class RestoreWidget(Container):
         self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=16384, step=64,
-                            tooltip="tile size in pixels; 0 runs small images whole and large ones in 512-pixel "
-                                    "tiles. Tiles share the whole image's normalisation statistics, so no seams.")
+                            tooltip="0: small images whole, large ones streamed layer by layer (exact, bounded "
+                                    "memory). A size runs overlapping tiles that share one set of statistics.")
         self.run_button = PushButton(text="Restore")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
@@ -70,7 +70,7 @@ class RestoreWidget(Container):
     def _run_or_cancel(self) -> None:
         if self.worker is not None:
             self._cancel = True
-            self.status.value = "cancelling after this tile…"
+            self.status.value = "cancelling after this tile or band…"
             return
         layer = self.image.value
         if layer is None:

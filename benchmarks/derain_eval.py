@@ -1,15 +1,17 @@
 """Deraining benchmark: train DCD-GAN briefly on synthetic rain, measure PSNR/SSIM on held-out photos.
 
     PYTHONPATH=src python benchmarks/derain_eval.py --clean-source DATA/clear/bsds500/train \\
-        --out runs/derain-bench --steps 300 [--preset cpu] [--heavy] [--model RUN_TO_EVALUATE]
+        --out runs/derain-bench --steps 300 [--preset cpu] [--output rain] [--heavy] [--model RUN_TO_EVALUATE]
 
 * Training data (under OUT/data): the images of ``--clean-source`` in sorted order, alternately made rainy
   (``degraded/``, rain seeded per image) or kept clear (``clean/``), so the two folders never show the
   same scene.
 * Held out (OUT/test/{rainy,clear}): scikit-image's five bundled colour photos, never trained on, under
   rain of their own seeds.
-* Reported: PSNR and SSIM (scikit-image, data range 1, colour) against the clear photo, of the rainy input
-  and of the shipped (EMA) restorer's output, per photo and on average; also written to OUT/results.json.
+* Reported by the ``cdd-dehaze eval`` engine (:func:`napari_cdd_dehaze.evaluate.evaluate`): PSNR, SSIM and
+  CIEDE2000 against the clear photo, of the rainy input (``identity``) and of the shipped (EMA) restorer's
+  output, per photo and on average, in OUT/eval/report.{md,json}; the same command by hand:
+  ``cdd-dehaze eval --paired OUT/test --method identity OUT/run --out OUT/eval``.
 """
 from __future__ import annotations
 
@@ -21,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from napari_cdd_dehaze.checkpoint import load_restorer
 from napari_cdd_dehaze.config import preset
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.image_files import IntensityMap, read_image, to_channels, write_image
-from napari_cdd_dehaze.restore import restore_array
+from napari_cdd_dehaze.evaluate import evaluate
 from napari_cdd_dehaze.synthesis import demo_photos, random_rain
 from napari_cdd_dehaze.trainer import Trainer
 
@@ -49,31 +49,10 @@ def write_training_folders(source: Path, out: Path, count: int, heavy: bool) -> 
     return degraded, clean
 
 
-def write_test_set(out: Path, heavy: bool) -> list[str]:
+def write_test_set(out: Path, heavy: bool) -> None:
     for index, (name, photo) in enumerate(demo_photos().items()):
         write_image(out / "clear" / f"{name}.png", to_u8(photo))
         write_image(out / "rainy" / f"{name}.png", to_u8(random_rain(photo, seed=1000 + index, heavy=heavy)))
-    return list(demo_photos())
-
-
-def scores(clear: np.ndarray, image: np.ndarray) -> dict[str, float]:
-    return {"psnr": float(peak_signal_noise_ratio(clear, image, data_range=1.0)),
-            "ssim": float(structural_similarity(clear, image, data_range=1.0, channel_axis=-1))}
-
-
-def evaluate(model: Path, test: Path, names: list[str]) -> dict:
-    restorer = load_restorer(model)
-    rows = {}
-    for name in names:
-        clear = read_image(test / "clear" / f"{name}.png") / 255.0
-        rainy = read_image(test / "rainy" / f"{name}.png") / 255.0
-        with torch.no_grad():
-            restored = restore_array(restorer, rainy.astype(np.float32))
-        write_image(test / "restored" / f"{name}.png", to_u8(restored))
-        rows[name] = {"rainy": scores(clear, rainy), "restored": scores(clear, restored)}
-    mean = {kind: {metric: float(np.mean([r[kind][metric] for r in rows.values()])) for metric in ("psnr", "ssim")}
-            for kind in ("rainy", "restored")}
-    return {"per_image": rows, "mean": mean}
 
 
 def main() -> int:
@@ -84,6 +63,7 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu", help="DCD-GAN preset (default: cpu)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--crop", type=int, help="override the preset's crop")
+    parser.add_argument("--output", choices=["image", "rain"], help="override the preset's output head")
     parser.add_argument("--lr", type=float, help="override the preset's learning rate")
     parser.add_argument("--heavy", action="store_true", help="heavy rain (denser, brighter streaks, stronger veil)")
     parser.add_argument("--seed", type=int, default=0)
@@ -92,13 +72,13 @@ def main() -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
 
-    names = write_test_set(out / "test", args.heavy)
+    write_test_set(out / "test", args.heavy)
     model = Path(args.model) if args.model else out / "run"
     setup = {"heavy": args.heavy}
     if not args.model:
         degraded, clean = write_training_folders(Path(args.clean_source), out / "data", args.images, args.heavy)
         config = preset(args.preset, method="dcd-gan", steps=args.steps, crop=args.crop, lr=args.lr, seed=args.seed,
-                        device="cpu", checkpoint_every=max(1, args.steps // 4))
+                        output=args.output, device="cpu", checkpoint_every=max(1, args.steps // 4))
         trainer = Trainer(config, degraded, clean, model)
         start = time.time()
         for event in trainer.events():
@@ -108,13 +88,11 @@ def main() -> int:
         setup.update(config=config.to_dict(), train_seconds=round(time.time() - start, 1),
                      degraded_images=len(list_images(degraded)), clean_images=len(list_images(clean)),
                      torch_threads=torch.get_num_threads())
-    result = {"setup": setup, **evaluate(model, out / "test", names)}
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-
-    print("| photo | rainy PSNR | restored PSNR | rainy SSIM | restored SSIM |\n|---|---|---|---|---|")
-    for name, row in [*result["per_image"].items(), ("**mean**", result["mean"])]:
-        print(f"| {name} | {row['rainy']['psnr']:.2f} | {row['restored']['psnr']:.2f} | "
-              f"{row['rainy']['ssim']:.3f} | {row['restored']['ssim']:.3f} |")
+    report = evaluate([out / "test"], [], ["identity", str(model)], device="cpu", tile=0)
+    report.write(out / "eval")
+    (out / "setup.json").write_text(json.dumps(setup, indent=2))
+    print(report.summary_table())
+    print(f"report: {out / 'eval' / 'report.md'}")
     return 0
 
 

@@ -156,6 +156,16 @@ def test_scattering_restorer_round_trips_through_a_run(unpaired_folders, tmp_pat
             assert torch.allclose(restorer(x), trainer.method.shipped_restorer().eval()(x), atol=1e-6)
 
 
+def test_rain_head_run_round_trips_and_finetunes_with_its_head(rainy_folders, tmp_path):
+    trainer = Trainer(tiny_config(method="dcd-gan", steps=1, output="rain"), *rainy_folders, tmp_path / "run")
+    trainer.run()
+    assert trainer.method.restorer.config.output == "derain" and trainer.method.degrader.config.output == "rain"
+    assert load_restorer(tmp_path / "run" / "restorer.safetensors").config.output == "derain"
+    tuned = Trainer(tiny_config(method="dcd-gan", output="image"), *rainy_folders, tmp_path / "tuned",
+                    init_from=tmp_path / "run" / "restorer.safetensors")
+    assert tuned.config.output == "rain"
+
+
 def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folders, tmp_path):
     """A scattering-head restorer of width 8 finetuned with a preset that says width 16, image output."""
     trainer = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "run")

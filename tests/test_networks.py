@@ -91,6 +91,26 @@ def test_scattering_outputs_invert_each_other_and_keep_grey_grey():
     assert (fresh(x * 2 - 1) - (x * 2 - 1)).abs().mean() < 0.1
 
 
+def test_rain_outputs_invert_each_other_and_match_the_rain_synthesis():
+    """``rain`` is I = (J + s)·t + a·(1 − t) with a grey streak layer s; ``derain`` undoes it."""
+    torch.manual_seed(0)
+    clear = torch.rand(2, 3, 16, 16) * 0.4 + 0.2
+    decoded = torch.randn(2, 3, 16, 16) * 0.5
+    rain = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="rain"))
+    derain = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="derain"))
+    assert rain.head[-1].out_channels == 3 and derain.head[-1].out_channels == 3
+    rainy = (rain.compose(clear * 2 - 1, decoded) + 1) / 2
+    assert torch.allclose((derain.compose(rainy * 2 - 1, decoded) + 1) / 2, clear, atol=1e-5)
+    # with the veil fully open (t → 1) it is the additive streaks alone, the same on every channel
+    no_veil = decoded.clone()
+    no_veil[:, 0] = 50
+    added = (rain.compose(clear * 2 - 1, no_veil) + 1) / 2 - clear
+    assert (added >= 0).all() and torch.allclose(added[:, 0], added[:, 1], atol=1e-6)
+    # near the identity at initialisation (t ≈ 0.89, streaks ≈ 0.05): training starts from "change little"
+    fresh = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="derain"))
+    assert ((fresh(clear * 2 - 1) + 1) / 2 - clear).abs().mean() < 0.12
+
+
 def test_image_output_keeps_its_architecture():
     g = ResnetGenerator(GeneratorConfig(width=8, blocks=1))
     assert g.decoder[-1].__class__.__name__ == "Tanh" and g.decoder[-2].out_channels == 3

@@ -35,7 +35,8 @@ def _stream(g, x, **kw):
     GeneratorConfig(width=8, blocks=2, upsample="transpose"),
     GeneratorConfig(width=8, blocks=3, output="dehaze"),
     GeneratorConfig(channels=1, width=8, blocks=1, output="haze"),
-], ids=["resize", "transpose", "scattering", "grey"])
+    GeneratorConfig(width=8, blocks=1, output="derain"),
+], ids=["resize", "transpose", "scattering", "grey", "rain"])
 @pytest.mark.parametrize("in_ram", [True, False], ids=["ram", "files"])
 def test_streamed_output_equals_the_whole_image_pass(config, in_ram, tmp_path):
     g = _strong(config)

@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score methods on paired (hazy/clear) and unpaired folders; Markdown + JSON "
                                      "report")
     ev.add_argument("--paired", nargs="+", action="extend", default=[], metavar="DIR",
-                    help="folders holding hazy/ and clear/ (or degraded/ and clean/) with matching file names")
+                    help="folders holding hazy/ (or rainy/, degraded/) and clear/ (or clean/) with matching "
+                         "file names")
     ev.add_argument("--unpaired", nargs="+", action="extend", default=[], metavar="DIR",
                     help="folders of hazy images without ground truth (read recursively)")
     ev.add_argument("--method", nargs="+", action="extend", required=True, metavar="METHOD",

@@ -1,7 +1,7 @@
 """Evaluate restoration methods on paired and unpaired folders and write a Markdown and a JSON report.
 
-* A **paired** folder holds ``hazy/`` and ``clear/`` (or ``degraded/`` and ``clean/``) with the same file
-  names; the extension may differ (``hazy/12.jpg`` pairs with ``clear/12.png``) and sub-folders are matched by
+* A **paired** folder holds ``hazy/`` (or ``rainy/``, ``degraded/``) and ``clear/`` (or ``clean/``) with the
+  same file names; the extension may differ (``hazy/12.jpg`` pairs with ``clear/12.png``) and sub-folders are matched by
   their relative path. Each method restores the hazy image and is scored against the clear one: PSNR, SSIM,
   CIEDE2000 (:mod:`~napari_cdd_dehaze.metrics`). Files without a partner are listed in the report.
 * An **unpaired** folder is read recursively; each image is scored without reference: the mean dark channel
@@ -30,7 +30,7 @@ import numpy as np
 from . import metrics
 from .image_files import IMAGE_SUFFIXES, IntensityMap, read_image
 
-HAZY_NAMES, CLEAR_NAMES = ("hazy", "degraded"), ("clear", "clean")
+HAZY_NAMES, CLEAR_NAMES = ("hazy", "rainy", "degraded"), ("clear", "clean")
 MAX_CROP = 16  # pixels a pair may differ in height or width before it is an error rather than a crop
 PAIRED_MEASURES = ("psnr", "ssim", "ciede2000")
 UNPAIRED_MEASURES = ("dark_channel_in", "dark_channel_out")

@@ -16,6 +16,18 @@ part() {  # part CAP_SECONDS command...: runs with what is left of the deadline,
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $R/gpu.txt 2>&1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())" | tee -a $R/gpu.txt
 
+# The device image has no imagecodecs (the package's PNG decoder): give the validation pairs to it as TIFF.
+if ls $VAL/*/*.png > /dev/null 2>&1; then
+  python3 -c "
+import glob, os, sys, numpy as np, tifffile
+from PIL import Image
+for f in glob.glob(sys.argv[1] + '/*/*.png'):
+    o = '/tmp/val-tif/' + os.path.relpath(f, sys.argv[1])[:-4] + '.tif'
+    os.makedirs(os.path.dirname(o), exist_ok=True)
+    tifffile.imwrite(o, np.asarray(Image.open(f).convert('RGB')))
+" $VAL && VAL=/tmp/val-tif
+fi
+
 # 1. training sweep (issue 5; the bf16 twin gives the quality effect of mixed precision, issue 6)
 D=training/configs/default.yaml
 RUNS=${RUNS:-"ft=$D:default:batch_size=4,lr=1e-4 b4=$D::batch_size=4 b4bf16=$D::batch_size=4,precision=bf16

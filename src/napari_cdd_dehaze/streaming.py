@@ -61,6 +61,11 @@ class MemoryStore:
     def read(self, y0: int, y1: int) -> torch.Tensor:
         return self.data[:, y0:y1]
 
+    def take(self) -> torch.Tensor:
+        """All rows, handed over: the store forgets them (a later read fails), so the caller may overwrite them."""
+        data, self.data = self.data, None
+        return data
+
     def close(self) -> None:
         if self._on_close is not None:
             self._on_close(self.shape[0] * self.shape[1] * self.shape[2] * 4)
@@ -146,8 +151,21 @@ class Stored:
     shift: torch.Tensor    # −mean / std, (1, C, 1, 1)
 
     def normalised(self, y0: int, y1: int, device: torch.device) -> torch.Tensor:
-        """Rows y0…y1 as the norm layer outputs them: (x − mean) / std, computed as x · s + b in one pass."""
-        return torch.addcmul(self.shift, self.store.read(y0, y1)[None].to(device), self.inv_std)
+        """Rows y0…y1 as the norm layer outputs them: (x − mean) / std, computed as x · s + b in one pass.
+
+        In place where the rows are ours to overwrite (a fresh read from a file, a copy to another device, or
+        all the rows of an in-memory store: a stage that reads every row in one band reads them only once),
+        which saves allocating and first-touching a layer-sized tensor.
+        """
+        store = self.store
+        if isinstance(store, MemoryStore) and (y0, y1) == (0, store.shape[1]):
+            raw, private = store.take(), True
+        else:
+            raw, private = store.read(y0, y1), isinstance(store, FileStore)
+        rows = raw[None].to(device)
+        if private or rows.data_ptr() != raw.data_ptr():
+            return torch.addcmul(self.shift, rows, self.inv_std, out=rows)
+        return torch.addcmul(self.shift, rows, self.inv_std)
 
     def close(self) -> None:
         self.store.close()

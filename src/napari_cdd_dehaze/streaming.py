@@ -144,18 +144,23 @@ class Stage:
 
 @dataclass
 class Stored:
-    """A stage's raw output rows and the normalisation its exact statistics give."""
+    """A stage's output rows: raw, with the normalisation its exact statistics give, or already normalised.
+
+    A stage that ran in one band (the whole image at once, the usual case up to a few megapixels) normalises
+    its output itself with the norm layer, exactly as the whole-image pass does (``inv_std`` and ``shift``
+    None); a stage of several bands stores raw rows and their merged statistics.
+    """
 
     store: MemoryStore | FileStore
-    inv_std: torch.Tensor  # (1, C, 1, 1)
-    shift: torch.Tensor    # −mean / std, (1, C, 1, 1)
+    inv_std: torch.Tensor | None = None  # (1, C, 1, 1)
+    shift: torch.Tensor | None = None    # −mean / std, (1, C, 1, 1)
 
     def normalised(self, y0: int, y1: int, device: torch.device) -> torch.Tensor:
-        """Rows y0…y1 as the norm layer outputs them: (x − mean) / std, computed as x · s + b in one pass.
+        """Rows y0…y1 as the norm layer outputs them, in a tensor the caller may overwrite.
 
-        In place where the rows are ours to overwrite (a fresh read from a file, a copy to another device, or
-        all the rows of an in-memory store: a stage that reads every row in one band reads them only once),
-        which saves allocating and first-touching a layer-sized tensor.
+        Raw rows are normalised as x · s + b in one pass, in place where they are ours (a fresh read from a
+        file, a copy to another device, or all the rows of an in-memory store: a stage that reads every row in
+        one band reads them only once), which saves allocating and first-touching a layer-sized tensor.
         """
         store = self.store
         if isinstance(store, MemoryStore) and (y0, y1) == (0, store.shape[1]):
@@ -163,7 +168,10 @@ class Stored:
         else:
             raw, private = store.read(y0, y1), isinstance(store, FileStore)
         rows = raw[None].to(device)
-        if private or rows.data_ptr() != raw.data_ptr():
+        private = private or rows.data_ptr() != raw.data_ptr()
+        if self.inv_std is None:
+            return rows if private else rows.clone()
+        if private:
             return torch.addcmul(self.shift, rows, self.inv_std, out=rows)
         return torch.addcmul(self.shift, rows, self.inv_std)
 
@@ -313,6 +321,7 @@ class StreamedRunner:
         ``keep`` also receives the source's own core rows (a residual block's input, materialised on the way).
         """
         band, scale = self.band_rows(stage, width), stage.scale
+        whole = band >= height  # one band: its own statistics are the image's, normalise as the whole pass does
         store, moments = None, Moments()
         for y0 in range(0, height, band):
             self.check_stop()
@@ -329,13 +338,18 @@ class StreamedRunner:
             else:
                 if store is None:
                     store = new_store(core.shape[0], int(height * scale), int(width * scale))
-                moments.add(core)
+                if whole:
+                    core = stage.norm(core[None])[0]
+                else:
+                    moments.add(core)
                 store.write(int(y0 * scale), core.cpu())
             self._ticks += 1
             if self._progress is not None:
                 self._progress(self._ticks, self._total)
         if sink is not None:
             return None
+        if whole:
+            return Stored(store)
         inv_std = torch.rsqrt(moments.m2 / moments.count + stage.norm.eps)  # float64, as merged
         shift = -moments.mean * inv_std
         return Stored(store, *(v.float().view(1, -1, 1, 1).to(self.device) for v in (inv_std, shift)))

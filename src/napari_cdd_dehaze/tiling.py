@@ -144,12 +144,6 @@ class TiledRunner:
         small = small[..., : small.shape[-2] // 4 * 4, : small.shape[-1] // 4 * 4]
         return record_statistics(self.generator, small.to(self.device))
 
-    def tile_for(self, height: int, width: int) -> int:
-        """The core size used for an image of this size (its long side when it runs whole)."""
-        if self.tile == 0 or (self.tile is None and height * width <= self.whole_max_pixels):
-            return max(height, width)
-        return self.tile or 512
-
     @torch.inference_mode()
     def run(self, read: ReadWindow, write: Callable[[int, int, int, int, torch.Tensor], None],
             height: int, width: int, progress: Callable[[int, int], None] | None = None) -> None:
@@ -159,7 +153,7 @@ class TiledRunner:
         """
         if self.tile is None and height * width > self.whole_max_pixels:
             return self._run_streamed(read, write, height, width, progress)
-        tile, stats = self.tile_for(height, width), None
+        tile, stats = self.tile or max(height, width), None  # 0 or None (small image): whole
         while True:
             try:
                 if tile >= max(height, width):  # whole image: its own statistics, one pass

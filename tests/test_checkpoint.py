@@ -3,6 +3,8 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from napari_cdd_dehaze import checkpoint as ckpt
 from napari_cdd_dehaze.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_restorer
@@ -178,3 +180,25 @@ def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folde
     assert (bundled.config.width, bundled.config.blocks, bundled.config.output) == (32, 6, "scattering")
     from_checkpoint = Trainer(tiny_config(width=16), *unpaired_folders, tmp_path / "tuned2", init_from=tmp_path / "run")
     assert (from_checkpoint.config.width, from_checkpoint.config.output) == (8, "scattering")
+
+
+def test_dark_channel_head_round_trips_and_older_files_load_without_it(unpaired_folders, tmp_path):
+    trainer = Trainer(tiny_config(steps=1, output="scattering", dark_patch=7), *unpaired_folders, tmp_path / "run")
+    trainer.run()
+    for source in (tmp_path / "run", tmp_path / "run" / "restorer.safetensors"):
+        assert load_restorer(source).config.dark_patch == 7
+    tuned = Trainer(tiny_config(output="scattering"), *unpaired_folders, tmp_path / "tuned",
+                    init_from=tmp_path / "run" / "restorer.safetensors")
+    assert tuned.config.dark_patch == 7  # finetuning keeps the head it starts from
+    # a restorer file written before the field existed (no "dark_patch" in its metadata) loads, and
+    # finetunes, without a dark channel whatever the recipe says
+    plain = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "plain")
+    plain.run()
+    tensors = load_file(tmp_path / "plain" / "restorer.safetensors")
+    with safe_open(tmp_path / "plain" / "restorer.safetensors", "pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != "dark_patch"}
+    save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
+    assert load_restorer(tmp_path / "old.safetensors").config.dark_patch == 0
+    older = Trainer(tiny_config(output="scattering", dark_patch=7), *unpaired_folders, tmp_path / "t2",
+                    init_from=tmp_path / "old.safetensors")
+    assert older.config.dark_patch == 0

@@ -116,3 +116,19 @@ def test_image_output_keeps_its_architecture():
     assert g.decoder[-1].__class__.__name__ == "Tanh" and g.decoder[-2].out_channels == 3
     s = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="haze"))
     assert s.head[-1].out_channels == 2 and s.head[-1].in_channels == 8 + 3 + 1  # features, input, its minimum
+
+
+def test_dark_channel_prior_input_is_the_windowed_channel_minimum():
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=5))
+    x = torch.ones(1, 3, 12, 12)
+    x[0, 1, 6, 6] = -1.0  # one dark pixel in one channel
+    priors = g.intensity_priors(x)
+    assert priors.shape == (1, 5, 12, 12) and g.head[1].in_channels == 8 + 5
+    dark = priors[0, 4]
+    assert dark[4:9, 4:9].eq(-1).all() and dark.eq(-1).sum() == 25  # the window's reach, borders included
+    assert torch.equal(priors[0, 3], x.amin(dim=1)[0])
+    assert ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze")).head[1].in_channels == 8 + 4
+    with pytest.raises(ValueError, match="dark_patch"):
+        GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=4)  # even: no centre
+    with pytest.raises(ValueError, match="dark_patch"):
+        GeneratorConfig(width=8, blocks=1, output="image", dark_patch=15)

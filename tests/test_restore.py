@@ -37,6 +37,17 @@ def test_tiles_match_the_whole_image_within_2_of_255(generator, photo, tile):
     assert np.abs(tiled - whole).max() < 1e-4  # in fact: float rounding only
 
 
+def test_tiles_match_the_whole_image_with_a_dark_channel_head(photo):
+    """The dark channel's 15×15 window near a tile's edge reads the margin, not padding."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15)).eval()
+    with torch.no_grad():
+        g.head[1].weight[:, -1] += 0.5  # make the dark channel matter to the output
+    whole = restore_array(g, photo, RestoreOptions(device="cpu", tile=0))
+    tiled = restore_array(g, photo, RestoreOptions(device="cpu", tile=100))
+    assert np.abs(tiled - whole).max() < 1e-4
+
+
 def test_statistics_from_a_reduced_copy_are_shared_so_there_are_no_seams(generator, photo):
     """Beyond ``stats_max_pixels`` the statistics are approximate, but every tile uses the same ones."""
     runner = TiledRunner(generator, torch.device("cpu"), tile=128, stats_max_pixels=200 * 200)

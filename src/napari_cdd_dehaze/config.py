@@ -29,6 +29,7 @@ class TrainConfig:
     upsample: str = "resize"
     output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
     #                        "rain": the same plus an additive streak layer
+    dark_patch: int = 0     # scattering/rain heads: also see the input's dark channel over this window (0: no)
     disc_width: int = 64
     # data
     crop: int = 256
@@ -103,7 +104,7 @@ class TrainConfig:
             raise ValueError(f"output must be one of {', '.join(RUN_OUTPUTS)}, got {self.output!r}")
         output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
         return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
-                               output=output)
+                               output=output, dark_patch=self.dark_patch)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -138,11 +139,12 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=5000,
                 disc_width=32, checkpoint_every=250),
     # The bundled default model's recipe (training/configs/default.yaml, which a test keeps equal to this):
-    # the "cpu" sizes with the scattering-model head and the loss weights that let it learn (see that file).
-    # Finetuning the default model with this preset continues the recipe it was trained with.
+    # the "cpu" sizes with the scattering-model head (fed the input's 15×15 dark channel too) and the loss
+    # weights that let it learn (see that file). Finetuning the default model with this preset continues the
+    # recipe it was trained with.
     "default": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=1600,
-                    disc_width=32, checkpoint_every=200, output="scattering", lambda_gan=4.0, lambda_nce=1.0,
-                    lambda_cycle=1.0, lambda_identity=0.5),
+                    disc_width=32, checkpoint_every=200, output="scattering", dark_patch=15, lambda_gan=4.0,
+                    lambda_nce=1.0, lambda_cycle=1.0, lambda_identity=0.5),
 }
 
 

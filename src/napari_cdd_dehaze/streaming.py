@@ -213,9 +213,11 @@ def plan(generator: ResnetGenerator) -> list[Stage]:
     else:
         head, n = generator.head, generator.config.channels
 
-        def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, input, its channel minimum]
+        def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, input, its intensity priors]
             return generator.compose(t[:, channels:channels + n], head(t))
-        stages.append(Stage(scattering, channels + n + 1, c, 1, None, 3))
+        # the dark channel's window reaches further than the head's 7×7 conv: its rows need their own halo
+        dark_reach = generator.config.dark_patch // 2
+        stages.append(Stage(scattering, head[1].in_channels, c, 1, None, 3 + dark_reach))
     if len(stages) != 3 + 2 * generator.config.blocks + 3:
         raise ValueError(f"streamed inference: unexpected layout ({len(stages)} stages)")
     return stages
@@ -310,7 +312,7 @@ class StreamedRunner:
 
                 def source(y0: int, y1: int) -> torch.Tensor:
                     x = image(y0, y1)
-                    return torch.cat([decoded(y0, y1), x, x.amin(dim=1, keepdim=True)], dim=1)
+                    return torch.cat([decoded(y0, y1), self.generator.intensity_priors(x)], dim=1)
             self._stage(final, source, h, w, new_store, sink=lambda y0, t: write(y0, y0 + t.shape[-2], 0, width, t))
 
     def _stage(self, stage: Stage, source: Rows, height: int, width: int, new_store,

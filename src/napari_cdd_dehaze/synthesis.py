@@ -251,11 +251,13 @@ def measured_depth(depth_mm: np.ndarray) -> np.ndarray:
     return filled / filled.max()
 
 
-def haze_with_depth(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def haze_with_depth(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
+                    beta_range: tuple[float, float] = (0.6, 3.0)) -> np.ndarray:
     """``clean`` under haze of random density and (slightly tinted) airlight for a relative ``depth``.
 
-    The density is drawn so that the farthest point keeps 5–55 % of its light (β from 0.6 to 3 per unit depth).
+    The density β per unit depth is drawn uniformly from ``beta_range``: by default the farthest point keeps
+    5–55 % of its light (β from 0.6 to 3); ``(0.1, 3.0)`` also gives light haze (up to 90 % kept).
     """
-    beta = rng.uniform(0.6, 3.0)
+    beta = rng.uniform(*beta_range)
     airlight = np.clip(rng.uniform(0.7, 1.0) + rng.uniform(-0.04, 0.04, size=3 if clean.ndim == 3 else 1), 0, 1)
     return add_haze(clean, depth, beta, tuple(airlight))

@@ -76,7 +76,7 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
-ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output")
+ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch")
 
 
 def architecture_of(source: str | Path) -> dict:
@@ -91,14 +91,15 @@ def architecture_of(source: str | Path) -> dict:
     if metadata.get("kind") == "restorer":
         try:
             fields = {k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}
-            fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]))
+            fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]),
+                          dark_patch=int(fields.get("dark_patch", 0)))  # files from before the field: none
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
         if "output" in fields:  # a restorer records its own role; the run's field names the pair
             fields["output"] = next(run for run, pair in RUN_OUTPUTS.items() if fields["output"] in pair)
         return fields
     saved = read_meta(file.parent)["config"]
-    return {k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}
+    return {"dark_patch": 0, **{k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}}
 
 
 class Trainer:

@@ -1,0 +1,72 @@
+"""Haze synthesis of the default model's training set: density range, depth prior, and the set builder."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cdd_dehaze.image_files import read_image, write_image
+from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kept_light(beta_range=None, draws: int = 200) -> np.ndarray:
+    """Transmission of the farthest point per draw: white minus black under the same draw of haze."""
+    far = np.ones((4, 4), np.float32)
+    kept = []
+    for seed in range(draws):
+        hazed = []
+        for value in (0.0, 1.0):
+            args = () if beta_range is None else (beta_range,)
+            flat = np.full((4, 4, 3), value, np.float32)
+            hazed.append(haze_with_depth(flat, far, np.random.default_rng(seed), *args))
+        kept.append(float(np.mean(hazed[1] - hazed[0])))
+    return np.array(kept)
+
+
+def test_default_density_keeps_5_to_55_percent_of_the_far_light():
+    kept = kept_light()
+    assert kept.min() >= np.exp(-3.0) - 1e-4 and kept.max() <= np.exp(-0.6) + 1e-4
+    assert kept.max() - kept.min() > 0.4  # spread over the range, not one value
+
+
+def test_a_wider_density_range_adds_light_haze():
+    kept = kept_light((0.1, 3.0))
+    assert kept.min() >= np.exp(-3.0) - 1e-4 and kept.max() <= np.exp(-0.1) + 1e-4
+    assert (kept > 0.6).mean() > 0.1  # light haze (over 60 % kept) appears, which the default range never gives
+
+
+def test_depth_prior_is_relative_and_far_at_the_top(photo):
+    depth = depth_prior(photo, np.random.default_rng(3))
+    assert depth.shape == photo.shape[:2] and depth.dtype == np.float32
+    assert depth.min() >= 0 and depth.max() <= 1
+    assert depth[: len(depth) // 5].mean() > depth[-len(depth) // 5:].mean() + 0.2
+
+
+@pytest.fixture
+def photo(photos):
+    return next(iter(photos.values()))
+
+
+def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):
+    clear = tmp_path / "clear"
+    for i in range(12):
+        name, image = list(photos.items())[i % len(photos)]
+        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
+    out = tmp_path / "set"
+    run = subprocess.run([sys.executable, str(ROOT / "training" / "make_hazy_set.py"), "--clear", str(clear),
+                          "--out", str(out), "--holdout", "20", "--beta", "0.1", "0.2"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    hazed = {p.stem.rsplit("_h", 1)[0] for p in (out / "degraded").glob("*.png")}
+    clean = {p.stem for p in (out / "clean").glob("*.png")}
+    val = {p.stem for p in (out / "val" / "hazy").glob("*.png")}
+    assert hazed and clean and not (hazed & clean) and not (val & (hazed | clean))
+    assert len(hazed) + len(clean) + len(val) == 12
+    assert val == {p.stem for p in (out / "val" / "clear").glob("*.png")}
+    for name in val:  # β ≤ 0.2 over relative depth ≤ 1: at least e^-0.2 of the light is left, so pairs stay close
+        hazy = read_image(out / "val" / "hazy" / f"{name}.png").astype(np.float32) / 255
+        truth = read_image(out / "val" / "clear" / f"{name}.png").astype(np.float32) / 255
+        assert np.abs(hazy - truth).mean() < 0.25 * np.abs(1 - truth).mean() + 0.02

@@ -213,7 +213,7 @@ def plan(generator: ResnetGenerator) -> list[Stage]:
     else:
         head, n = generator.head, generator.config.channels
 
-        def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, input, its intensity priors]
+        def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, intensity priors (the input first)]
             return generator.compose(t[:, channels:channels + n], head(t))
         # the dark channel's window reaches further than the head's 7×7 conv: its rows need their own halo
         dark_reach = generator.config.dark_patch // 2

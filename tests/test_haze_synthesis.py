@@ -14,15 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kept_light(beta_range=None, draws: int = 200) -> np.ndarray:
     """Transmission of the farthest point per draw: white minus black under the same draw of haze."""
-    far = np.ones((4, 4), np.float32)
+    far, args = np.ones((4, 4), np.float32), () if beta_range is None else (beta_range,)
     kept = []
     for seed in range(draws):
-        hazed = []
-        for value in (0.0, 1.0):
-            args = () if beta_range is None else (beta_range,)
-            flat = np.full((4, 4, 3), value, np.float32)
-            hazed.append(haze_with_depth(flat, far, np.random.default_rng(seed), *args))
-        kept.append(float(np.mean(hazed[1] - hazed[0])))
+        black, white = (haze_with_depth(np.full((4, 4, 3), value, np.float32), far, np.random.default_rng(seed), *args)
+                        for value in (0.0, 1.0))
+        kept.append(float(np.mean(white - black)))
     return np.array(kept)
 
 
@@ -38,16 +35,16 @@ def test_a_wider_density_range_adds_light_haze():
     assert (kept > 0.6).mean() > 0.1  # light haze (over 60 % kept) appears, which the default range never gives
 
 
+@pytest.fixture
+def photo(photos):
+    return next(iter(photos.values()))
+
+
 def test_depth_prior_is_relative_and_far_at_the_top(photo):
     depth = depth_prior(photo, np.random.default_rng(3))
     assert depth.shape == photo.shape[:2] and depth.dtype == np.float32
     assert depth.min() >= 0 and depth.max() <= 1
     assert depth[: len(depth) // 5].mean() > depth[-len(depth) // 5:].mean() + 0.2
-
-
-@pytest.fixture
-def photo(photos):
-    return next(iter(photos.values()))
 
 
 def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_cdd_dehaze.networks import (GeneratorConfig, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
-                                        ResnetGenerator, gather_patches, sample_patches)
+                                        ResnetGenerator, estimate_airlight, gather_patches, sample_patches)
 
 
 @pytest.mark.parametrize("upsample", ["resize", "transpose"])
@@ -132,3 +132,36 @@ def test_dark_channel_prior_input_is_the_windowed_channel_minimum():
         GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=4)  # even: no centre
     with pytest.raises(ValueError, match="dark_patch"):
         GeneratorConfig(width=8, blocks=1, output="image", dark_patch=15)
+
+
+def test_estimated_airlight_is_the_brightest_of_the_haziest_pixels():
+    unit = torch.zeros(2, 3, 40, 50)
+    unit[0, :, 20:30, 30:45] = torch.tensor([0.8, 0.7, 0.6])[:, None, None]  # a hazy patch (high dark channel)
+    unit[0, :, 25, 40] = torch.tensor([0.9, 0.8, 0.75])  # its brightest pixel
+    unit[0, :, 2, 2] = 1.0  # a white speck: bright, but its dark channel over the window is 0
+    unit[1] = 0.3  # flat: every pixel ties; the first in raster order is taken
+    a = estimate_airlight(unit, patch=5)
+    assert a.shape == (2, 3, 1, 1)
+    assert torch.allclose(a[0].flatten(), torch.tensor([0.9, 0.8, 0.75]))
+    assert torch.allclose(a[1].flatten(), torch.full((3,), 0.3))
+
+
+def test_an_estimated_airlight_head_predicts_transmission_only_and_sees_the_input_over_the_airlight():
+    config = GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=5, airlight="estimated")
+    g = ResnetGenerator(config).eval()
+    assert g.head[1].out_channels == 1 and config.airlight_patch == 5
+    x = torch.rand(1, 3, 24, 24) * 0.8 * 2 - 1
+    airlight = torch.tensor([0.8, 0.4, 0.8]).view(1, 3, 1, 1)
+    priors = g.intensity_priors(x, airlight)
+    assert torch.allclose(priors[0, 3], (((x + 1) / 2) / airlight).amin(dim=1)[0] * 2 - 1, atol=1e-6)
+    with torch.no_grad():  # t = 1 everywhere: the output is the input, whatever the airlight
+        g.head[1].weight.zero_()
+        g.head[1].bias.fill_(20.0)
+        assert torch.allclose(g(x), x, atol=1e-4)
+        g.head[1].bias.fill_(-20.0)  # t = 0.1: J = (I − A)/0.1 + A, with the imposed RGB airlight
+        with g.imposing_airlight(airlight):
+            expected = (((x + 1) / 2 - airlight) / 0.1 + airlight).clamp(0, 1) * 2 - 1
+            assert torch.allclose(g(x), expected, atol=1e-4)
+    for bad in (dict(output="haze", airlight="estimated"), dict(output="dehaze", airlight="global")):
+        with pytest.raises(ValueError, match="airlight"):
+            GeneratorConfig(width=8, blocks=1, **bad)

@@ -30,6 +30,8 @@ class TrainConfig:
     output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
     #                        "rain": the same plus an additive streak layer
     dark_patch: int = 0     # scattering/rain heads: also see the input's dark channel over this window (0: no)
+    airlight: str = "predicted"  # scattering: "estimated" gives the restorer one RGB airlight per image, He et
+    #                              al.'s estimate from its input, instead of predicting a grey one per pixel
     disc_width: int = 64
     # data
     crop: int = 256
@@ -87,6 +89,8 @@ class TrainConfig:
             (len(self.nce_layers) > 0, "nce_layers must name at least one encoder layer"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
+            (self.airlight == "predicted" or self.output == "scattering",
+             f"airlight {self.airlight!r} needs the scattering output, got output {self.output!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -104,7 +108,8 @@ class TrainConfig:
             raise ValueError(f"output must be one of {', '.join(RUN_OUTPUTS)}, got {self.output!r}")
         output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
         return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
-                               output=output, dark_patch=self.dark_patch)
+                               output=output, dark_patch=self.dark_patch,
+                               airlight=self.airlight if role == "restore" else "predicted")  # haze invents its own
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -13,7 +13,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,8 @@ from torch import nn
 
 OUTPUTS = ("image", "dehaze", "haze", "derain", "rain")
 HEAD_MAPS = {"dehaze": 2, "haze": 2, "derain": 3, "rain": 3}  # transmission, airlight (, streaks)
+AIRLIGHTS = ("predicted", "estimated")
+AIRLIGHT_FRACTION = 0.001  # He et al.: the airlight is sought among the 0.1 % haziest pixels
 MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He et al.'s t0)
 # Logit offsets of the scattering head at init: t ≈ 0.89 and a ≈ 0.82, a mild dehaze. Starting nearer the
 # identity (t ≈ 0.96, offset 3) left the sigmoid's slope at 0.04 and a run stuck at the identity: the L1
@@ -42,6 +47,8 @@ class GeneratorConfig:
     #                           with an additive streak layer on top: "derain" / "rain"
     dark_patch: int = 0       # scattering heads only: also feed the head the dark channel over this square
     #                           window (odd; 15 is He et al.'s); 0 = none
+    airlight: str = "predicted"  # "dehaze" only: "estimated" takes one RGB airlight per image from the input
+    #                              (He et al.'s estimate, :func:`estimate_airlight`) instead of a map per pixel
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -53,6 +60,30 @@ class GeneratorConfig:
         if self.dark_patch and (self.output == "image" or self.dark_patch < 0 or self.dark_patch % 2 == 0):
             raise ValueError(f"dark_patch must be 0 or an odd size for a scattering output, got {self.dark_patch} "
                              f"with output {self.output!r}")
+        if self.airlight not in AIRLIGHTS or (self.airlight == "estimated" and self.output != "dehaze"):
+            raise ValueError(f"airlight must be one of {AIRLIGHTS} ('estimated' only for the 'dehaze' output), "
+                             f"got {self.airlight!r} with output {self.output!r}")
+
+    @property
+    def airlight_patch(self) -> int:
+        """The dark-channel window of the airlight estimate: ``dark_patch``, or He et al.'s 15 without one."""
+        return self.dark_patch or 15
+
+
+def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIRLIGHT_FRACTION) -> torch.Tensor:
+    """He et al.'s airlight of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, C, 1, 1).
+
+    Among the pixels whose dark channel (``patch`` window) is at least the ``fraction``-quantile from the top
+    (ties included), the brightest (largest channel sum; the first in raster order on a tie). Deterministic,
+    so a streamed pass that finds the same pixel band by band agrees exactly
+    (:func:`~napari_cdd_dehaze.streaming.streamed_airlight`).
+    """
+    dark = -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=patch // 2).flatten(1)
+    count = max(1, math.ceil(fraction * dark.shape[1]))
+    threshold = dark.topk(count, dim=1).values[:, -1:]
+    brightness = unit.sum(dim=1).flatten(1).masked_fill(dark < threshold, -math.inf)
+    brightest = brightness.argmax(dim=1)
+    return unit.flatten(2)[torch.arange(unit.shape[0]), :, brightest][..., None, None]
 
 
 class InstanceNorm(nn.InstanceNorm2d):
@@ -123,17 +154,40 @@ class ResnetGenerator(nn.Module):
             decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
         else:  # transmission, (grey) airlight (and streaks) from the features *and* the input's intensities
             priors = 1 + (config.dark_patch > 0)
-            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + priors, HEAD_MAPS[config.output], 7))
+            maps = HEAD_MAPS[config.output] - (config.airlight == "estimated")
+            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + priors, maps, 7))
         self.decoder = nn.Sequential(*decoder)
+        self.imposed_airlight: torch.Tensor | None = None
 
-    def decode(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def airlight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The estimated airlight (B, C, 1, 1) of ``x`` in [-1, 1], or the imposed one; None if predicted.
+
+        A network trained on crops estimates it from each crop; at inference it is a whole-image statistic,
+        so tiled and streamed passes compute it once per image and impose it (:meth:`imposing_airlight`).
+        """
+        if self.config.airlight != "estimated":
+            return None
+        if self.imposed_airlight is not None:
+            return self.imposed_airlight.to(x.device, x.dtype)
+        return estimate_airlight((x.float() + 1) / 2, self.config.airlight_patch).to(x.dtype)
+
+    @contextlib.contextmanager
+    def imposing_airlight(self, airlight: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, every forward uses ``airlight`` (B, C, 1, 1) in [0, 1] instead of its own estimate."""
+        previous, self.imposed_airlight = self.imposed_airlight, airlight
+        try:
+            yield
+        finally:
+            self.imposed_airlight = previous
+
+    def decode(self, x: torch.Tensor, features: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output: the image, or the scattering head's maps."""
         decoded = self.decoder(features)
         if self.head is None:
             return decoded
-        return self.head(torch.cat([decoded, self.intensity_priors(x)], dim=1))
+        return self.head(torch.cat([decoded, self.intensity_priors(x, airlight)], dim=1))
 
-    def intensity_priors(self, x: torch.Tensor) -> torch.Tensor:
+    def intensity_priors(self, x: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
         """What the scattering head sees of the input besides the decoded features.
 
         The input itself and its per-pixel channel minimum (the dark channel before the spatial minimum).
@@ -141,33 +195,43 @@ class ResnetGenerator(nn.Module):
         change of intensity, and uniform haze, I = J·t + a·(1 − t), is one. Measured: a head fed only the
         normalised features predicted the same t ≈ 0.98 for hazy and clear images after 400 steps. With
         ``dark_patch``, also the dark channel proper (the channel minimum's minimum over a square window,
-        He et al.'s haze statistic), which a linear head cannot compute from the pixels it sees.
+        He et al.'s haze statistic), which a linear head cannot compute from the pixels it sees. With an
+        estimated airlight both minima are taken of the input divided by it (mapped back to [-1, 1]), as He et
+        al. do: the dark channel of I/A is 1 − t under the prior.
         """
-        darkest = x.amin(dim=1, keepdim=True)
+        if self.config.airlight == "estimated":
+            airlight = self.airlight(x) if airlight is None else airlight
+            darkest = ((x + 1) / airlight.clamp_min(1e-3)).amin(dim=1, keepdim=True) - 1
+        else:
+            darkest = x.amin(dim=1, keepdim=True)
         if not self.config.dark_patch:
             return torch.cat([x, darkest], dim=1)
         reach = self.config.dark_patch // 2  # max-pooling pads with -inf: the border sees only real pixels
         dark = -F.max_pool2d(-darkest, self.config.dark_patch, stride=1, padding=reach)
         return torch.cat([x, darkest, dark], dim=1)
 
-    def compose(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    def compose(self, x: torch.Tensor, decoded: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
         """The output image from the decoder's maps.
 
         ``"image"``: the decoder's output itself. The scattering model I = J·t + a·(1 − t) instead ties the
         output to the input pixel by pixel: the decoder predicts a transmission t ∈ [0.1, 1] and a grey
         airlight a ∈ [0, 1] per pixel, and ``"dehaze"`` returns J = (I − a)/t + a, ``"haze"`` returns
         I·t + a·(1 − t). Every channel gets the same affine map, so hue cannot drift; only contrast and
-        the veil change. ``"derain"``/``"rain"`` add a third map, a grey streak layer s ∈ [0, 1] (rain
-        streaks are bright, additive and colourless): I = (J + s)·t + a·(1 − t), the rain synthesis of
-        :func:`~napari_cdd_dehaze.synthesis.add_rain` with its veil. The offsets start the network near the
-        identity.
+        the veil change. With ``airlight="estimated"`` the head predicts t alone and a is the image's RGB
+        airlight (:meth:`airlight`, or ``airlight`` given). ``"derain"``/``"rain"`` add a third map, a grey
+        streak layer s ∈ [0, 1] (rain streaks are bright, additive and colourless): I = (J + s)·t + a·(1 − t),
+        the rain synthesis of :func:`~napari_cdd_dehaze.synthesis.add_rain` with its veil. The offsets start
+        the network near the identity.
         """
         output = self.config.output
         if output == "image":
             return decoded
         unit = (x + 1) / 2
         t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
-        a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+        if self.config.airlight == "estimated":
+            a = self.airlight(x) if airlight is None else airlight
+        else:
+            a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
         if output == "dehaze":
             y = (unit - a) / t + a
         elif output == "haze":
@@ -200,10 +264,11 @@ class ResnetGenerator(nn.Module):
         One pass gives both the image and the features, so a contrastive loss never needs a second
         encoder pass over an image that was just translated.
         """
+        airlight = self.airlight(x)  # once per pass: the head's priors and the composition share it
         if not layers:
-            return self.compose(x, self.decode(x, self.encoder(x)))
+            return self.compose(x, self.decode(x, self.encoder(x), airlight), airlight)
         features = self.encode(x, layers, stop_early=False)
-        out = self.compose(x, self.decode(x, features.pop()))
+        out = self.compose(x, self.decode(x, features.pop(), airlight), airlight)
         return out, features
 
     def encode(self, x: torch.Tensor, layers: tuple[int, ...], stop_early: bool = True) -> list[torch.Tensor]:

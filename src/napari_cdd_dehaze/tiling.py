@@ -19,6 +19,9 @@
     and rejected: each pass makes one more layer exact, but the layers behind it can move further away (a
     test network went from 0.77 to 1.0 max error after one pass). Streaming replaced it.
 
+  - *The airlight* of a generator that estimates it (``airlight="estimated"``) is one value per image, found
+    once by row bands (exactly the whole-image estimate) and imposed on every tile.
+
   Tiles cost a statistics pass plus the margins' recomputation (about 2.3× a whole pass at 1024² with
   512-pixel tiles); they remain for comparison and for callers that want windows.
 """
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import InstanceNorm, ResnetGenerator
-from .streaming import StreamedRunner
+from .streaming import StreamedRunner, streamed_airlight
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -145,6 +148,15 @@ class TiledRunner:
         return record_statistics(self.generator, small.to(self.device))
 
     @torch.inference_mode()
+    def airlight(self, read: ReadWindow, height: int, width: int) -> torch.Tensor | None:
+        """The image's airlight for a generator that estimates it (None otherwise): exact, read by row bands."""
+        config = self.generator.config
+        if config.airlight != "estimated":
+            return None
+        return streamed_airlight(lambda y0, y1: read(y0, y1, 0, width).to(self.device), height, width,
+                                 config.airlight_patch, band_rows=256).to(self.device)
+
+    @torch.inference_mode()
     def run(self, read: ReadWindow, write: Callable[[int, int, int, int, torch.Tensor], None],
             height: int, width: int, progress: Callable[[int, int], None] | None = None) -> None:
         """Restore the ``height``×``width`` image behind ``read`` (both multiples of 4) into ``write``.
@@ -153,7 +165,7 @@ class TiledRunner:
         """
         if self.tile is None and height * width > self.whole_max_pixels:
             return self._run_streamed(read, write, height, width, progress)
-        tile, stats = self.tile or max(height, width), None  # 0 or None (small image): whole
+        tile, stats, airlight = self.tile or max(height, width), None, None  # 0 or None (small image): whole
         while True:
             try:
                 if tile >= max(height, width):  # whole image: its own statistics, one pass
@@ -162,8 +174,12 @@ class TiledRunner:
                     if progress is not None:
                         progress(1, 1)
                     return
-                stats = stats or self.statistics(read, height, width)
-                with imposed_statistics(self.generator, stats):
+                if airlight is None:
+                    airlight = self.airlight(read, height, width)
+                if stats is None:
+                    with self.generator.imposing_airlight(airlight):  # also for a block-averaged statistics pass
+                        stats = self.statistics(read, height, width)
+                with imposed_statistics(self.generator, stats), self.generator.imposing_airlight(airlight):
                     self._run_tiles(read, write, height, width, tile, progress)
                 return
             except (RuntimeError, torch.OutOfMemoryError) as exc:

@@ -76,7 +76,8 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
-ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch")
+ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "airlight")
+ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "airlight": "predicted"}  # what files from before these fields hold
 
 
 def architecture_of(source: str | Path) -> dict:
@@ -90,16 +91,16 @@ def architecture_of(source: str | Path) -> dict:
     _, metadata = read_safetensors(file)
     if metadata.get("kind") == "restorer":
         try:
-            fields = {k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}
+            fields = {**ARCHITECTURE_DEFAULTS, **{k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}}
             fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]),
-                          dark_patch=int(fields.get("dark_patch", 0)))  # files from before the field: none
+                          dark_patch=int(fields["dark_patch"]))
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
         if "output" in fields:  # a restorer records its own role; the run's field names the pair
             fields["output"] = next(run for run, pair in RUN_OUTPUTS.items() if fields["output"] in pair)
         return fields
     saved = read_meta(file.parent)["config"]
-    return {"dark_patch": 0, **{k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}}
+    return {**ARCHITECTURE_DEFAULTS, **{k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}}
 
 
 class Trainer:

@@ -182,27 +182,27 @@ def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folde
     assert (from_checkpoint.config.width, from_checkpoint.config.output) == (8, "scattering")
 
 
-def test_dark_channel_and_airlight_round_trip_and_older_files_load_without_them(unpaired_folders, tmp_path):
-    trainer = Trainer(tiny_config(steps=1, output="scattering", dark_patch=7, airlight="estimated"),
+def test_head_options_round_trip_and_older_files_load_without_them(unpaired_folders, tmp_path):
+    trainer = Trainer(tiny_config(steps=1, output="scattering", dark_patch=7, refine=5, airlight="estimated"),
                       *unpaired_folders, tmp_path / "run")
     trainer.run()
     for source in (tmp_path / "run", tmp_path / "run" / "restorer.safetensors"):
         restorer = load_restorer(source)
-        assert (restorer.config.dark_patch, restorer.config.airlight) == (7, "estimated")
+        assert (restorer.config.dark_patch, restorer.config.refine, restorer.config.airlight) == (7, 5, "estimated")
     assert trainer.method.degrader.config.airlight == "predicted"  # the degrader invents its haze's airlight
     tuned = Trainer(tiny_config(output="scattering"), *unpaired_folders, tmp_path / "tuned",
                     init_from=tmp_path / "run" / "restorer.safetensors")
-    assert (tuned.config.dark_patch, tuned.config.airlight) == (7, "estimated")  # finetuning keeps the head
+    assert (tuned.config.dark_patch, tuned.config.refine, tuned.config.airlight) == (7, 5, "estimated")  # the head
     # a restorer file written before the fields existed (neither in its metadata) loads, and finetunes,
     # with neither a dark channel nor an estimated airlight whatever the recipe says
     plain = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "plain")
     plain.run()
     tensors = load_file(tmp_path / "plain" / "restorer.safetensors")
     with safe_open(tmp_path / "plain" / "restorer.safetensors", "pt") as f:
-        metadata = {k: v for k, v in f.metadata().items() if k not in ("dark_patch", "airlight")}
+        metadata = {k: v for k, v in f.metadata().items() if k not in ("dark_patch", "refine", "airlight")}
     save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
     old = load_restorer(tmp_path / "old.safetensors")
-    assert (old.config.dark_patch, old.config.airlight) == (0, "predicted")
-    older = Trainer(tiny_config(output="scattering", dark_patch=7, airlight="estimated"), *unpaired_folders,
+    assert (old.config.dark_patch, old.config.refine, old.config.airlight) == (0, 0, "predicted")
+    older = Trainer(tiny_config(output="scattering", dark_patch=7, refine=5, airlight="estimated"), *unpaired_folders,
                     tmp_path / "t2", init_from=tmp_path / "old.safetensors")
-    assert (older.config.dark_patch, older.config.airlight) == (0, "predicted")
+    assert (older.config.dark_patch, older.config.refine, older.config.airlight) == (0, 0, "predicted")

@@ -1,8 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from napari_cdd_dehaze.networks import (GeneratorConfig, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
-                                        ResnetGenerator, estimate_airlight, gather_patches, sample_patches)
+                                        ResnetGenerator, estimate_airlight, gather_patches, guided_filter,
+                                        sample_patches)
 
 
 @pytest.mark.parametrize("upsample", ["resize", "transpose"])
@@ -165,3 +167,26 @@ def test_an_estimated_airlight_head_predicts_transmission_only_and_sees_the_inpu
     for bad in (dict(output="haze", airlight="estimated"), dict(output="dehaze", airlight="global")):
         with pytest.raises(ValueError, match="airlight"):
             GeneratorConfig(width=8, blocks=1, **bad)
+
+
+def test_torch_guided_filter_is_the_classical_one():
+    from napari_cdd_dehaze.classical import guided_filter as classical_guided_filter
+    torch.manual_seed(0)
+    guide, source = torch.rand(1, 1, 37, 53), torch.rand(1, 1, 37, 53)
+    for radius in (1, 6, 30):  # 30: windows wider than the image, cut off at its borders
+        expected = classical_guided_filter(guide[0, 0].numpy(), source[0, 0].numpy(), radius, 1e-3)
+        assert np.abs(guided_filter(guide, source, radius)[0, 0].numpy() - expected).max() < 1e-5
+
+
+def test_a_refined_transmission_keeps_no_texture_of_its_own():
+    """A head whose t copies a fine texture not in the input: refined, t follows the (flat) input instead."""
+    config = GeneratorConfig(width=8, blocks=1, output="dehaze", refine=8)
+    g, raw = ResnetGenerator(config).eval(), ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))
+    raw.load_state_dict(g.state_dict())
+    x = torch.full((1, 3, 32, 32), 0.5)  # a flat grey input
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 4.0 - 2.0
+    decoded = torch.stack([checker, torch.zeros(32, 32)])[None]  # t logits alternate pixel by pixel
+    textured, smooth = raw.compose(x, decoded), g.compose(x, decoded)
+    assert textured.std() > 0.05 and smooth.std() < 1e-3
+    with pytest.raises(ValueError, match="refine"):
+        GeneratorConfig(width=8, blocks=1, output="image", refine=8)

@@ -48,11 +48,14 @@ def test_tiles_match_the_whole_image_with_a_dark_channel_head(photo):
     assert np.abs(tiled - whole).max() < 1e-4
 
 
-def test_tiles_match_the_whole_image_with_an_estimated_airlight(photo):
-    """The airlight is one value per image: every tile gets the whole image's, not its own."""
+def test_tiles_match_the_whole_image_with_an_estimated_airlight_and_a_refined_transmission(photo):
+    """The airlight is one value per image: every tile gets the whole image's, not its own; the guided
+    filter's windows near a tile's edge read the margin, which is widened by their reach."""
     torch.manual_seed(0)
-    g = ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, airlight="estimated"))
-    g.eval()
+    config = GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, refine=20, airlight="estimated")
+    g = ResnetGenerator(config).eval()
+    plain = ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze"))
+    assert default_margin(g) >= default_margin(plain) + 7 + 2 * 20
     hazy = photo.copy()
     hazy[:40] = 0.5 * hazy[:40] + 0.5 * np.array([0.9, 0.8, 0.7], dtype=np.float32)  # the haziest rows: one tile
     whole = restore_array(g, hazy, RestoreOptions(device="cpu", tile=0))

@@ -37,8 +37,8 @@ def _stream(g, x, **kw):
     GeneratorConfig(channels=1, width=8, blocks=1, output="haze"),
     GeneratorConfig(width=8, blocks=1, output="derain"),
     GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=15),
-    GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=7, airlight="estimated"),
-], ids=["resize", "transpose", "scattering", "grey", "rain", "dark channel", "estimated airlight"])
+    GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=7, refine=6, airlight="estimated"),
+], ids=["resize", "transpose", "scattering", "grey", "rain", "dark channel", "refined t, estimated airlight"])
 @pytest.mark.parametrize("in_ram", [True, False], ids=["ram", "files"])
 @pytest.mark.parametrize("band_elements", [1, 60_000, 1 << 24], ids=["4-row bands", "mixed", "one band"])
 def test_streamed_output_equals_the_whole_image_pass(config, in_ram, band_elements, tmp_path):

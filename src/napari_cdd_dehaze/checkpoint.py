@@ -93,7 +93,8 @@ def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None
     cfg = restorer.config
     metadata = {"format": FORMAT, "kind": "restorer", "channels": str(cfg.channels), "width": str(cfg.width),
                 "blocks": str(cfg.blocks), "upsample": cfg.upsample, "output": cfg.output,
-                "dark_patch": str(cfg.dark_patch), "airlight": cfg.airlight, "info": json.dumps(info or {})}
+                "dark_patch": str(cfg.dark_patch), "refine": str(cfg.refine),
+                "airlight": cfg.airlight, "info": json.dumps(info or {})}
     path = Path(path)
     atomic_write_bytes(path, save_safetensors_bytes(_tensors(restorer), metadata=metadata))
     return path
@@ -205,6 +206,7 @@ def load_restorer(path: str | Path, prefer_ema: bool = True) -> ResnetGenerator:
                                   blocks=int(metadata["blocks"]), upsample=metadata.get("upsample", "resize"),
                                   output=metadata.get("output", "image"),
                                   dark_patch=int(metadata.get("dark_patch", 0)),
+                                  refine=int(metadata.get("refine", 0)),
                                   airlight=metadata.get("airlight", "predicted"))
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc

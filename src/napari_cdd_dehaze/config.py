@@ -30,6 +30,7 @@ class TrainConfig:
     output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
     #                        "rain": the same plus an additive streak layer
     dark_patch: int = 0     # scattering/rain heads: also see the input's dark channel over this window (0: no)
+    refine: int = 0         # scattering/rain heads: guided-filter radius that smooths the transmission (0: none)
     airlight: str = "predicted"  # scattering: "estimated" gives the restorer one RGB airlight per image, He et
     #                              al.'s estimate from its input, instead of predicting a grey one per pixel
     disc_width: int = 64
@@ -108,7 +109,7 @@ class TrainConfig:
             raise ValueError(f"output must be one of {', '.join(RUN_OUTPUTS)}, got {self.output!r}")
         output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
         return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
-                               output=output, dark_patch=self.dark_patch,
+                               output=output, dark_patch=self.dark_patch, refine=self.refine,
                                airlight=self.airlight if role == "restore" else "predicted")  # haze invents its own
 
     def to_dict(self) -> dict:

@@ -217,9 +217,8 @@ def plan(generator: ResnetGenerator) -> list[Stage]:
 
         def scattering(t: torch.Tensor) -> torch.Tensor:  # t = [decoded, intensity priors (the input first)]
             return generator.compose(t[:, channels:channels + n], head(t))
-        # the dark channel's window reaches further than the head's 7×7 conv: its rows need their own halo
-        dark_reach = generator.config.dark_patch // 2
-        stages.append(Stage(scattering, head[1].in_channels, c, 1, None, 3 + dark_reach))
+        # the dark channel's window and the guided filter reach further than the head's 7×7 conv
+        stages.append(Stage(scattering, head[1].in_channels, c, 1, None, 3 + generator.config.head_reach))
     if len(stages) != 3 + 2 * generator.config.blocks + 3:
         raise ValueError(f"streamed inference: unexpected layout ({len(stages)} stages)")
     return stages

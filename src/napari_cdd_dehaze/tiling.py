@@ -61,8 +61,8 @@ def receptive_field(generator: ResnetGenerator) -> int:
 
 
 def default_margin(generator: ResnetGenerator) -> int:
-    """Half the receptive field, rounded up to a multiple of 4."""
-    return -(-(receptive_field(generator) // 2 + 1) // 4) * 4
+    """Half the receptive field plus the head's window reach (dark channel, guided filter), up to a multiple of 4."""
+    return -(-(receptive_field(generator) // 2 + 1 + generator.config.head_reach) // 4) * 4
 
 
 def _norms(generator: nn.Module) -> list[InstanceNorm]:

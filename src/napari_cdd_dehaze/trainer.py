@@ -76,8 +76,9 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
-ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "airlight")
-ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "airlight": "predicted"}  # what files from before these fields hold
+ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight")
+# What files written before these fields existed hold.
+ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "refine": 0, "airlight": "predicted"}
 
 
 def architecture_of(source: str | Path) -> dict:
@@ -93,7 +94,7 @@ def architecture_of(source: str | Path) -> dict:
         try:
             fields = {**ARCHITECTURE_DEFAULTS, **{k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}}
             fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]),
-                          dark_patch=int(fields["dark_patch"]))
+                          dark_patch=int(fields["dark_patch"]), refine=int(fields["refine"]))
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
         if "output" in fields:  # a restorer records its own role; the run's field names the pair

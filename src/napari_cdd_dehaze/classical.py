@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import minimum_filter
 
+from . import networks
 from .synthesis import dark_channel
 
-LUMINANCE = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the grey guide, as in He et al.'s code
+LUMINANCE = np.array(networks.LUMINANCE, dtype=np.float32)  # the grey guide, as in He et al.'s code
 CAP_THETA = (0.121779, 0.959710, -0.780245)  # Zhu et al. 2015, learned on 500 synthetic training images
 
 

@@ -110,7 +110,7 @@ def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: f
     return box_mean(a, radius) * guide + box_mean(b, radius)
 
 
-LUMINANCE = (0.299, 0.587, 0.114)  # the guide's grey, as in He et al.'s code (and classical.py)
+LUMINANCE = (0.299, 0.587, 0.114)  # the guide's grey, as in He et al.'s code (classical.py uses it too)
 
 
 def luminance(unit: torch.Tensor) -> torch.Tensor:

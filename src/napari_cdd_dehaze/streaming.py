@@ -254,6 +254,15 @@ def streamed_airlight(image: Rows, height: int, width: int, patch: int, band_row
     return colour_kept[:, pick].reshape(1, -1, 1, 1)
 
 
+def image_airlight(generator: ResnetGenerator, read: Callable[[int, int, int, int], torch.Tensor], height: int,
+                   width: int, device: torch.device, band_rows: int) -> torch.Tensor | None:
+    """The airlight of the image behind ``read`` for a generator that estimates it (None otherwise), by row bands."""
+    if generator.config.airlight != "estimated":
+        return None
+    return streamed_airlight(lambda y0, y1: read(y0, y1, 0, width).to(device), height, width,
+                             generator.config.airlight_patch, band_rows).to(device)
+
+
 class StreamedRunner:
     """Runs a :class:`ResnetGenerator` over an image of any size, stage by stage (see the module docstring).
 
@@ -298,11 +307,8 @@ class StreamedRunner:
         """Restore the ``height``×``width`` image behind ``read`` (multiples of 4) into ``write``, by row bands."""
         if height % 4 or width % 4:
             raise ValueError(f"image size must be a multiple of 4, got {height}×{width}")
-        airlight = None
-        if self.generator.config.airlight == "estimated":  # a whole-image statistic: found before any stage
-            rows = self.band_rows(self.stages[0], width)
-            airlight = streamed_airlight(lambda y0, y1: read(y0, y1, 0, width).to(self.device), height, width,
-                                         self.generator.config.airlight_patch, rows).to(self.device)
+        band = self.band_rows(self.stages[0], width)
+        airlight = image_airlight(self.generator, read, height, width, self.device, band)  # before any stage
         with self.generator.imposing_airlight(airlight):
             self._run(read, write, height, width, progress)
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import InstanceNorm, ResnetGenerator
-from .streaming import StreamedRunner, streamed_airlight
+from .streaming import StreamedRunner, image_airlight
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -148,15 +148,6 @@ class TiledRunner:
         return record_statistics(self.generator, small.to(self.device))
 
     @torch.inference_mode()
-    def airlight(self, read: ReadWindow, height: int, width: int) -> torch.Tensor | None:
-        """The image's airlight for a generator that estimates it (None otherwise): exact, read by row bands."""
-        config = self.generator.config
-        if config.airlight != "estimated":
-            return None
-        return streamed_airlight(lambda y0, y1: read(y0, y1, 0, width).to(self.device), height, width,
-                                 config.airlight_patch, band_rows=256).to(self.device)
-
-    @torch.inference_mode()
     def run(self, read: ReadWindow, write: Callable[[int, int, int, int, torch.Tensor], None],
             height: int, width: int, progress: Callable[[int, int], None] | None = None) -> None:
         """Restore the ``height``×``width`` image behind ``read`` (both multiples of 4) into ``write``.
@@ -175,7 +166,7 @@ class TiledRunner:
                         progress(1, 1)
                     return
                 if airlight is None:
-                    airlight = self.airlight(read, height, width)
+                    airlight = image_airlight(self.generator, read, height, width, self.device, band_rows=256)
                 if stats is None:
                     with self.generator.imposing_airlight(airlight):  # also for a block-averaged statistics pass
                         stats = self.statistics(read, height, width)

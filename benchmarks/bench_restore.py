@@ -8,6 +8,7 @@ set against the fp32 and bf16 matrix-multiply rates measured at the start of the
     python benchmarks/bench_restore.py --width 32 --blocks 6
     python benchmarks/bench_restore.py --cases 1024-rgb-whole 1024-rgb-tiled
     python benchmarks/bench_restore.py --device cuda --precision bf16
+    python benchmarks/bench_restore.py --device cuda --cases 4096-rgb-streamed --set stream_device_bytes=0
 
 On a GPU the matrix-multiply rates are measured on the GPU, the timed restore ends with the array back
 in host memory (``restore_array`` returns numpy), and the table adds the peak GPU memory.
@@ -90,7 +91,9 @@ def synthetic_image(side: int, channels: int, dtype: str) -> np.ndarray:
     return image[..., 0] if channels == 1 else image
 
 
-def measure(case: str, width: int, blocks: int, precision: str, device: str = "cpu") -> dict:
+def measure(case: str, width: int, blocks: int, precision: str, device: str = "cpu",
+            settings: dict | None = None) -> dict:
+    """One case in this process; ``settings`` override :class:`RestoreOptions` fields (an A/B of the engine)."""
     from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
     from napari_cdd_dehaze.restore import RestoreOptions, restore_array
 
@@ -100,9 +103,9 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
     image = synthetic_image(side, channels, dtype)
     useful = conv_flops_per_pixel(generator) * side * side  # counted before the restore moves the net
     if tile == "stream":  # the default beyond whole_max_pixels; forced here at every size
-        options = RestoreOptions(device=device, tile=None, whole_max_pixels=0, precision=precision)
+        options = RestoreOptions(device=device, tile=None, whole_max_pixels=0, precision=precision, **settings or {})
     else:
-        options = RestoreOptions(device=device, tile=tile, precision=precision)
+        options = RestoreOptions(device=device, tile=tile, precision=precision, **settings or {})
     restore_array(generator, image[:64, :64], options)  # warm-up
     if device.startswith("cuda"):
         restore_array(generator, image[:512, :512], options)  # cuDNN algorithm choice for the tile size
@@ -124,11 +127,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=9)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=INT",
+                        help="RestoreOptions fields to override, e.g. stream_device_bytes=0 (integers)")
     parser.add_argument("--json", help="write the results here as well")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    settings = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.child:
-        print(json.dumps(measure(args.child, args.width, args.blocks, args.precision, args.device)))
+        print(json.dumps(measure(args.child, args.width, args.blocks, args.precision, args.device, settings)))
         return
 
     if args.device.startswith("cuda"):
@@ -140,14 +146,15 @@ def main() -> None:
         where = f"{torch.get_num_threads()} threads, matmul fp32 2048², bf16 512²"
     print(f"# {platform.machine()}, {where}, torch {torch.__version__}; "
           f"matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s; network width {args.width}, "
-          f"{args.blocks} blocks, {args.precision} on {args.device}")
+          f"{args.blocks} blocks, {args.precision} on {args.device}"
+          + "".join(f"; {k}={v}" for k, v in settings.items()))
     print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB | peak GPU MB |", flush=True)
     print("|---|---|---|---|---|---|---|")
     results = []
     default_cases = [c for c in CASES if (args.device.startswith("cuda") or c not in GPU_ONLY) and c not in SLOW]
     for case in args.cases or default_cases:
         child = [sys.executable, __file__, "--child", case, "--width", str(args.width), "--blocks", str(args.blocks),
-                 "--precision", args.precision, "--device", args.device]
+                 "--precision", args.precision, "--device", args.device] + (["--set", *args.set] if args.set else [])
         done = subprocess.run(child, capture_output=True, text=True)
         if done.returncode != 0:  # report the case and go on with the others
             why = (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -161,7 +168,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": platform.platform(), "where": where, "torch": torch.__version__, "matmul_fp32": fp32,
-                       "matmul_bf16": bf16, "results": results}, f, indent=2)
+                       "matmul_bf16": bf16, "settings": settings, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,24 @@ def test_out_of_memory_halves_the_tile_and_gives_the_same_result(generator, phot
     assert sizes[0] == 384 and max(sizes[1:]) < 384  # whole image first, then smaller tiles
 
 
+def test_a_whole_image_past_32_bit_indexing_falls_back_to_tiles(generator, photo, monkeypatch):
+    """cuDNN refuses tensors of 2³¹ elements or more (a width-32 network's 8192² activations): tiles instead."""
+    image = photo[:256, :384]
+    expected = restore_array(generator, image, RestoreOptions(device="cpu", tile=0))
+    runner_forward = TiledRunner._forward
+    sizes = []
+
+    def index_limit(self, x):
+        sizes.append(x.shape[-1])
+        if x.shape[-2] * x.shape[-1] > 200 * 200:
+            raise RuntimeError("input tensor must fit into 32-bit index math")
+        return runner_forward(self, x)
+    monkeypatch.setattr(TiledRunner, "_forward", index_limit)
+    out = restore_array(generator, image, RestoreOptions(device="cpu", tile=0))
+    assert np.abs(out - expected).max() < 2 / 255
+    assert sizes[0] == 384 and max(sizes[1:]) < 384
+
+
 def test_bad_input_is_a_clear_error(generator):
     with pytest.raises(ValueError, match="NaN"):
         restore_array(generator, np.array([[np.nan, 1.0], [0.0, 0.5]], np.float32))

@@ -39,17 +39,21 @@ def _stream(g, x, **kw):
     GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=15),
     GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=7, refine=6, airlight="estimated"),
 ], ids=["resize", "transpose", "scattering", "grey", "rain", "dark channel", "refined t, estimated airlight"])
-@pytest.mark.parametrize("in_ram", [True, False], ids=["ram", "files"])
+@pytest.mark.parametrize("where", ["ram", "files", "device, ram, files"])
 @pytest.mark.parametrize("band_elements", [1, 60_000, 1 << 24], ids=["4-row bands", "mixed", "one band"])
-def test_streamed_output_equals_the_whole_image_pass(config, in_ram, band_elements, tmp_path):
+def test_streamed_output_equals_the_whole_image_pass(config, where, band_elements, tmp_path):
     g = _strong(config)
     x = torch.rand(1, config.channels, 100, 132) * 2 - 1
     with torch.inference_mode():
         expected = g(x)
     # 4-row bands exercise every band edge and halo many times; "mixed" makes some stages one band (they
     # normalise themselves) and others several (merged statistics), read across each other
-    out = _stream(g, x, band_elements=band_elements, memory_bytes=1 << 30 if in_ram else 0,
-                  scratch_dir=str(tmp_path))
+    # "device, ram, files": one full-resolution store fits each memory; on a CPU the "device" is RAM too,
+    # but the stores take the same path as on a GPU (kept where they are computed, not copied to the host)
+    one_store = config.width * 100 * 132 * 4
+    places = {"ram": {"memory_bytes": 1 << 30}, "files": {"memory_bytes": 0},
+              "device, ram, files": {"device_memory_bytes": one_store, "memory_bytes": one_store}}[where]
+    out = _stream(g, x, band_elements=band_elements, scratch_dir=str(tmp_path), **places)
     assert not out.isnan().any()
     assert (out - expected).abs().max() < 1e-4
     assert list(tmp_path.iterdir()) == []  # scratch files are unlinked at once: nothing is left behind
@@ -67,6 +71,29 @@ def test_stores_go_to_files_beyond_the_memory_budget(monkeypatch, tmp_path):
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     _stream(g, x, memory_bytes=8 * 64 * 64 * 4, scratch_dir=str(tmp_path))  # room for the first store only
     assert made and (16, 32, 32) in made  # the half-resolution store went to a file
+
+
+def test_stores_fill_the_device_then_ram_then_files(tmp_path):
+    runner = StreamedRunner(_strong(GeneratorConfig(width=8, blocks=1)), torch.device("cpu"),
+                            device_memory_bytes=100, memory_bytes=100, scratch_dir=str(tmp_path))
+    first, second, third = (runner._new_store(1, 5, 5) for _ in range(3))  # 100 bytes each
+    assert runner._in_use == {"device": 100, "ram": 100}
+    assert isinstance(third, streaming.FileStore)
+    first.close()  # room on the device again: the next store goes there
+    fourth = runner._new_store(1, 5, 5)
+    assert isinstance(fourth, streaming.MemoryStore) and runner._in_use == {"device": 100, "ram": 100}
+    for store in (second, third, fourth):
+        store.close()
+    assert runner._in_use == {"device": 0, "ram": 0}
+
+
+def test_restore_array_keeps_streamed_layers_on_a_gpu_up_to_half_its_free_memory(monkeypatch):
+    from napari_cdd_dehaze import restore
+    monkeypatch.setattr(restore.torch.cuda, "mem_get_info", lambda device: (10 << 30, 80 << 30))
+    assert restore.stream_device_bytes(torch.device("cuda"), None) == 5 << 30
+    assert restore.stream_device_bytes(torch.device("cuda"), 123) == 123
+    assert restore.stream_device_bytes(torch.device("cpu"), None) == 0
+    assert restore.stream_device_bytes(torch.device("mps"), None) == 0
 
 
 def test_restore_array_streams_beyond_whole_max_pixels(photos):
@@ -109,6 +136,23 @@ def test_out_of_memory_halves_the_band_and_gives_the_same_result(monkeypatch):
     out = restore_array(g, image, RestoreOptions(device="cpu", whole_max_pixels=0))
     assert np.abs(out - expected).max() < 1e-4
     assert bands[0] == 1 << 24 and bands[-1] <= 1 << 18
+
+
+def test_out_of_memory_moves_the_stores_off_the_device_before_it_shrinks_the_band(monkeypatch):
+    g = _strong(GeneratorConfig(width=8, blocks=1))
+    image = np.random.default_rng(1).random((96, 160, 3), dtype=np.float32)
+    expected = restore_array(g, image, RestoreOptions(device="cpu", tile=0))
+    stage, tried = StreamedRunner._stage, []
+
+    def full_device(self, *args, **kwargs):
+        tried.append((self.device_memory_bytes, self.band_elements))
+        if self.device_memory_bytes:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return stage(self, *args, **kwargs)
+    monkeypatch.setattr(StreamedRunner, "_stage", full_device)
+    out = restore_array(g, image, RestoreOptions(device="cpu", whole_max_pixels=0, stream_device_bytes=1 << 30))
+    assert np.abs(out - expected).max() < 1e-4
+    assert tried[0] == (1 << 30, 1 << 24) and tried[-1] == (0, 1 << 24)
 
 
 def test_an_unknown_layout_is_refused():

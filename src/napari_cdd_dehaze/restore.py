@@ -42,9 +42,11 @@ class RestoreOptions:
     """How to run: ``tile`` 0 = whole image; ``None`` = whole up to ``whole_max_pixels``, streamed layer by layer
     beyond (exact, bounded memory; :mod:`~napari_cdd_dehaze.streaming`); a number = overlapping tiles of that size.
 
-    Streaming keeps up to ``stream_memory_bytes`` of intermediate layers in RAM and puts the rest in (deleted,
-    temporary) files in ``scratch_dir``, by default the system's temporary folder: at its peak it needs about
-    6 × (the network's width) bytes per pixel of free disk (≈ 13 GB at 8192² for width 32).
+    Streaming keeps intermediate layers in a GPU's memory up to ``stream_device_bytes`` (``None``: half of
+    what is free on a CUDA device when the run starts; 0 elsewhere), then up to ``stream_memory_bytes`` in RAM,
+    and puts the rest in (deleted, temporary) files in ``scratch_dir``, by default the system's temporary
+    folder: at its peak it needs about 6 × (the network's width) bytes per pixel of free disk (≈ 13 GB at
+    8192² for width 32) less what the GPU and RAM hold. ``stream_band_elements`` bounds one band's input.
     """
 
     device: str | torch.device = "auto"
@@ -54,6 +56,7 @@ class RestoreOptions:
     stats_max_pixels: int = 2048 * 2048     # exact norm statistics from one whole pass up to this size …
     approx_stats_pixels: int = 2048 * 2048  # … beyond, estimated on a copy reduced to this size (see tiling)
     stream_memory_bytes: int = 1 << 29
+    stream_device_bytes: int | None = None
     stream_band_elements: int = 1 << 24   # one band's input (channels × rows × width): 64 MB of float32
     scratch_dir: str | None = None
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
@@ -122,7 +125,18 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
                        approx_stats_pixels=options.approx_stats_pixels,
                        stream_memory_bytes=options.stream_memory_bytes, scratch_dir=options.scratch_dir,
                        band_elements=options.stream_band_elements,
+                       stream_device_bytes=stream_device_bytes(device, options.stream_device_bytes),
                        autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop)
+
+
+def stream_device_bytes(device: torch.device, requested: int | None) -> int:
+    """How much of a streamed run's layers may stay on ``device``: ``requested``, or half its free memory."""
+    if requested is not None:
+        return requested
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    return free // 2
 
 
 def restore_plane(runner: TiledRunner, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,

@@ -97,8 +97,10 @@ def imposed_statistics(generator: ResnetGenerator, stats: list[tuple[torch.Tenso
             m.imposed = None
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+def _is_too_large(exc: BaseException) -> bool:
+    """Out of memory, or a tensor past the 32-bit indexing some GPU kernels need (a whole 8192² image is)."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "32-bit index" in text
 
 
 class TiledRunner:
@@ -108,16 +110,19 @@ class TiledRunner:
     (:class:`~napari_cdd_dehaze.streaming.StreamedRunner`: exact, bounded memory) beyond; a number is the tile
     core size (rounded down to a multiple of 4, at least 64). ``margin`` is the context around each core
     (default: the receptive-field radius). Streaming keeps up to ``stream_memory_bytes`` of intermediate
-    layers in RAM and the rest in files in ``scratch_dir``; ``band_elements`` bounds one band.
-    ``should_stop()`` is called before each tile or band; when it returns True, :class:`Cancelled` is
-    raised. On an out-of-memory error the tile size (or the band) is halved and the image started again.
+    layers in RAM (after up to ``stream_device_bytes`` in a GPU's memory) and the rest in files in
+    ``scratch_dir``; ``band_elements`` bounds one band. ``should_stop()`` is called before each tile or band;
+    when it returns True, :class:`Cancelled` is raised. When the device runs out of memory (or a tensor is past
+    a GPU kernel's 32-bit indexing), the tile size is halved (streaming: the stores leave the device, then the
+    band is halved) and the image started again.
     """
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
                  margin: int | None = None, whole_max_pixels: int = 2048 * 2048, stats_max_pixels: int = 2048 * 2048,
                  approx_stats_pixels: int = 2048 * 2048, autocast_dtype: torch.dtype | None = None,
                  should_stop: Callable[[], bool] | None = None, band_elements: int = 1 << 24,
-                 stream_memory_bytes: int = 1 << 29, scratch_dir: str | None = None) -> None:
+                 stream_memory_bytes: int = 1 << 29, scratch_dir: str | None = None,
+                 stream_device_bytes: int = 0) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels
@@ -126,6 +131,7 @@ class TiledRunner:
         self.autocast_dtype = autocast_dtype
         self.should_stop = should_stop
         self.band_elements, self.stream_memory_bytes, self.scratch_dir = band_elements, stream_memory_bytes, scratch_dir
+        self.stream_device_bytes = stream_device_bytes
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -174,25 +180,28 @@ class TiledRunner:
                     self._run_tiles(read, write, height, width, tile, progress)
                 return
             except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not _is_out_of_memory(exc) or tile <= 64:
+                if not _is_too_large(exc) or tile <= 64:
                     raise
                 tile = max(64, min(tile, max(height, width)) // 2 // 4 * 4)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 
     def _run_streamed(self, read, write, height: int, width: int, progress) -> None:
-        band = self.band_elements
+        band, device_bytes = self.band_elements, self.stream_device_bytes
         while True:
             try:
-                StreamedRunner(self.generator, self.device, band_elements=band,
+                StreamedRunner(self.generator, self.device, band_elements=band, device_memory_bytes=device_bytes,
                                memory_bytes=self.stream_memory_bytes, scratch_dir=self.scratch_dir,
                                autocast_dtype=self.autocast_dtype,
                                check_stop=self._check_stop).run(read, write, height, width, progress)
                 return
             except (RuntimeError, torch.OutOfMemoryError) as exc:
-                if not _is_out_of_memory(exc) or band <= 1 << 16:
+                if not _is_too_large(exc) or (band <= 1 << 16 and not device_bytes):
                     raise
-                band //= 2
+                if device_bytes:  # first move the stores off the device, then shrink the bands
+                    device_bytes = 0
+                else:
+                    band //= 2
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 

@@ -44,6 +44,8 @@ if [ "$BENCH" = 1 ]; then
 # 2. restoration throughput and memory (issue 3), the default model's size, fp32 and bf16
 part 120 python3 benchmarks/bench_restore.py --device $DEVICE --width 32 --blocks 6 --json $R/restore_gpu.json 2>&1 \
   | tee $R/restore_gpu.md
+part 60 python3 benchmarks/bench_streaming.py --device $DEVICE --sides 1024 2048 4096 --json $R/streaming_gpu.json 2>&1 \
+  | tee $R/streaming_gpu.md
 part 40 python3 benchmarks/bench_precision.py --device $DEVICE --precision bf16 fp16 --side 1024 \
   --json $R/precision_gpu.json 2>&1 | tee $R/precision_gpu.md
 part 60 python3 benchmarks/bench_restore.py --device $DEVICE --width 32 --blocks 6 --precision bf16 \

@@ -88,13 +88,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
     return final
 
 
+RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight")
+_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine")
+
+
 def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None = None) -> Path:
     """Write one self-describing generator file: weights plus architecture (and ``info``) as metadata."""
-    cfg = restorer.config
-    metadata = {"format": FORMAT, "kind": "restorer", "channels": str(cfg.channels), "width": str(cfg.width),
-                "blocks": str(cfg.blocks), "upsample": cfg.upsample, "output": cfg.output,
-                "dark_patch": str(cfg.dark_patch), "refine": str(cfg.refine),
-                "airlight": cfg.airlight, "info": json.dumps(info or {})}
+    metadata = {"format": FORMAT, "kind": "restorer", "info": json.dumps(info or {}),
+                **{k: str(getattr(restorer.config, k)) for k in RESTORER_FIELDS}}
     path = Path(path)
     atomic_write_bytes(path, save_safetensors_bytes(_tensors(restorer), metadata=metadata))
     return path
@@ -196,21 +197,26 @@ def resolve_model_path(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: no model found (expected a .safetensors file, a checkpoint folder or a run folder)")
 
 
+def restorer_config(metadata: dict[str, str], file: Path) -> GeneratorConfig:
+    """The network of a restorer file, from its metadata (``file`` names it in errors).
+
+    Fields written only by later versions (all but channels, width and blocks) take :class:`GeneratorConfig`'s
+    defaults when absent, which are what older files hold.
+    """
+    try:
+        fields = {k: metadata[k] for k in ("channels", "width", "blocks")}
+        fields |= {k: metadata[k] for k in RESTORER_FIELDS if k in metadata}
+        return GeneratorConfig(**{k: int(v) if k in _INTEGER_FIELDS else v for k, v in fields.items()})
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
+
+
 def load_restorer(path: str | Path, prefer_ema: bool = True) -> ResnetGenerator:
     """Build and load the restorer stored at ``path`` (any form accepted by :func:`resolve_model_path`)."""
     file = resolve_model_path(path)
     tensors, metadata = read_safetensors(file)
     if metadata.get("kind") == "restorer":
-        try:
-            cfg = GeneratorConfig(channels=int(metadata["channels"]), width=int(metadata["width"]),
-                                  blocks=int(metadata["blocks"]), upsample=metadata.get("upsample", "resize"),
-                                  output=metadata.get("output", "image"),
-                                  dark_patch=int(metadata.get("dark_patch", 0)),
-                                  refine=int(metadata.get("refine", 0)),
-                                  airlight=metadata.get("airlight", "predicted"))
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
-        prefix = ""
+        cfg, prefix = restorer_config(metadata, file), ""
     else:
         meta = read_meta(file.parent)
         cfg = TrainConfig.from_dict(meta["config"]).generator_config()

@@ -25,9 +25,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (MODEL_FILE, RESTORER_FILE, CheckpointError, checkpoint_path, latest_checkpoint,
-                         load_train_state, load_weights, read_meta, read_safetensors, resolve_model_path,
-                         save_checkpoint, save_restorer)
+from .checkpoint import (MODEL_FILE, RESTORER_FIELDS, RESTORER_FILE, CheckpointError, checkpoint_path,
+                         latest_checkpoint, load_train_state, load_weights, read_meta, read_safetensors,
+                         resolve_model_path, restorer_config, save_checkpoint, save_restorer)
 from .config import RUN_OUTPUTS, TrainConfig
 from .data import ImageFolder, UnpairedBatches
 from .devices import pick_device
@@ -76,8 +76,8 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
     return factor
 
 
-ARCHITECTURE_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight")
-# What files written before these fields existed hold.
+ARCHITECTURE_FIELDS = RESTORER_FIELDS  # what a restorer file records of its network
+# What run folders written before these fields existed hold.
 ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "refine": 0, "airlight": "predicted"}
 
 
@@ -91,14 +91,10 @@ def architecture_of(source: str | Path) -> dict:
     file = resolve_model_path(source)
     _, metadata = read_safetensors(file)
     if metadata.get("kind") == "restorer":
-        try:
-            fields = {**ARCHITECTURE_DEFAULTS, **{k: metadata[k] for k in ARCHITECTURE_FIELDS if k in metadata}}
-            fields.update(channels=int(fields["channels"]), width=int(fields["width"]), blocks=int(fields["blocks"]),
-                          dark_patch=int(fields["dark_patch"]), refine=int(fields["refine"]))
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
-        if "output" in fields:  # a restorer records its own role; the run's field names the pair
-            fields["output"] = next(run for run, pair in RUN_OUTPUTS.items() if fields["output"] in pair)
+        cfg = restorer_config(metadata, file)
+        fields = {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}
+        # a restorer records its own role; the run's field names the pair
+        fields["output"] = next(run for run, pair in RUN_OUTPUTS.items() if cfg.output in pair)
         return fields
     saved = read_meta(file.parent)["config"]
     return {**ARCHITECTURE_DEFAULTS, **{k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}}

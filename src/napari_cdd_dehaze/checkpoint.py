@@ -88,8 +88,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
     return final
 
 
-RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight")
-_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine")
+RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight",
+                   "estimate_size")
+_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size")
 
 
 def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None = None) -> Path:

@@ -95,7 +95,7 @@ def _apply(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
                 options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
-                                         progress=progress)
+                                         estimate_size=args.estimate_size, progress=progress)
                 if isinstance(image, np.memmap):  # a large TIFF: read and written window by window
                     with mapped_tiff_output(target, image) as out:
                         restore_array(restorer, image, options, out=out)
@@ -111,11 +111,15 @@ def _apply(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+ESTIMATE_SIZE_HELP = ("dehazing models: long side (pixels) of the shrunk copy on which the haze is estimated before "
+                      "the output is composed at full size (default: the model's own; 0 = full resolution)")
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     report = evaluate(args.paired, args.unpaired, args.method, device=args.device, tile=args.tile,
-                      log=lambda message: print(message, file=sys.stderr))
+                      estimate_size=args.estimate_size, log=lambda message: print(message, file=sys.stderr))
     md, js = report.write(args.out)
     print(report.summary_table())
     print(f"report: {md} and {js} ({report.seconds:.0f} s)", file=sys.stderr)
@@ -182,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autocast precision (default fp32; bf16 only helps on GPUs and bf16-capable CPUs)")
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
                                                    "network's receptive-field radius, which makes tiles exact)")
+    apply.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
     apply.set_defaults(run=_apply)
 
     ev = sub.add_parser("eval", help="score methods on paired (hazy/clear) and unpaired folders; Markdown + JSON "
@@ -196,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for report.md and report.json")
     ev.add_argument("--device", default="auto", help="for learned models: auto (default), cpu, cuda, mps")
     ev.add_argument("--tile", type=int, help="tile size for learned models (default as in apply)")
+    ev.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
     ev.set_defaults(run=_eval)
 
     demo = sub.add_parser("demo", help="restore a synthetic hazy scene with a model and classical baselines; "

@@ -33,6 +33,7 @@ class TrainConfig:
     refine: int = 0         # scattering/rain heads: guided-filter radius that smooths the transmission (0: none)
     airlight: str = "predicted"  # scattering: "estimated" gives the restorer one RGB airlight per image, He et
     #                              al.'s estimate from its input, instead of predicting a grey one per pixel
+    estimate_size: int = 0  # scattering restorer, at inference: long side at which t and a are estimated (0: full)
     disc_width: int = 64
     # data
     crop: int = 256
@@ -110,7 +111,8 @@ class TrainConfig:
         output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
         return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
                                output=output, dark_patch=self.dark_patch, refine=self.refine,
-                               airlight=self.airlight if role == "restore" else "predicted")  # haze invents its own
+                               airlight=self.airlight if role == "restore" else "predicted",  # haze invents its own
+                               estimate_size=self.estimate_size if role == "restore" else 0)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -22,12 +22,16 @@ import json
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
+
+if TYPE_CHECKING:
+    from .restore import RestoreOptions
 from .image_files import IMAGE_SUFFIXES, IntensityMap, read_image
 
 HAZY_NAMES, CLEAR_NAMES = ("hazy", "rainy", "degraded"), ("clear", "clean")
@@ -208,12 +212,18 @@ def _common_size(hazy: tuple[int, ...], clear: tuple[int, ...], name: str, notes
 
 # ------------------------------------------------------------------------------------------- evaluation
 def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list[str], device: str = "auto",
-             tile: int | None = None, log: Callable[[str], None] | None = None) -> Report:
-    """Run every method on every image of every folder and collect the scores (see the module docstring)."""
+             tile: int | None = None, log: Callable[[str], None] | None = None,
+             estimate_size: int | None = None) -> Report:
+    """Run every method on every image of every folder and collect the scores (see the module docstring).
+
+    ``tile`` and ``estimate_size`` apply to every learned model (see
+    :class:`~napari_cdd_dehaze.restore.RestoreOptions`).
+    """
     from .checkpoint import CheckpointError
     from .classical import ClassicalDehazer
     from .devices import pick_device
     from .models import load_model
+    from .restore import RestoreOptions
 
     log = log or (lambda message: None)
     folders = [(Path(f), "paired") for f in paired] + [(Path(f), "unpaired") for f in unpaired]
@@ -244,7 +254,8 @@ def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list
         name = folder.name if names.count(folder.name) == 1 else f"{folder.parent.name}/{folder.name}"
         result = SetResult(name, kind, str(folder))
         log(f"{name}: {kind} set in {folder}")
-        _evaluate_set(result, folder, loaded, device, tile, log)
+        options = RestoreOptions(device=device, tile=tile, estimate_size=estimate_size)
+        _evaluate_set(result, folder, loaded, options, log)
         sets.append(result)
     return Report(labels, method_errors, sets, time.perf_counter() - start)
 
@@ -254,8 +265,8 @@ def _describe_learned(restorer, spec: str) -> str:
     return f"learned restorer from {spec} (width {c.width}, {c.blocks} blocks, {c.channels} channels)"
 
 
-def _evaluate_set(result: SetResult, folder: Path, methods: dict, device: str, tile: int | None, log) -> None:
-    from .restore import RestoreOptions, restore_array
+def _evaluate_set(result: SetResult, folder: Path, methods: dict, options: RestoreOptions, log) -> None:
+    from .restore import restore_array
 
     if result.kind == "paired":
         hazy_dir, clear_dir = _paired_dirs(folder)
@@ -273,7 +284,6 @@ def _evaluate_set(result: SetResult, folder: Path, methods: dict, device: str, t
         hazy, skipped = _image_files(folder)
         keys = sorted(hazy, key=_natural)
     result.notes += [f"skipped: {s}" for s in skipped]
-    options = RestoreOptions(device=device, tile=tile)
     for key in keys:
         label = hazy[key].relative_to(hazy_dir if result.kind == "paired" else folder).as_posix()
         try:

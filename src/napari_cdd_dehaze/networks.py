@@ -32,6 +32,7 @@ MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He
 # identity (t ≈ 0.96, offset 3) left the sigmoid's slope at 0.04 and a run stuck at the identity: the L1
 # cycle and identity terms pin both generators there before the adversarial gradient can move them.
 TRANSMISSION_OFFSET, AIRLIGHT_OFFSET = 2.0, 1.5
+MIN_ESTIMATE_SIZE = 64  # an estimate_size below this leaves too few pixels for the encoder's two downsamplings
 STREAK_OFFSET = -3.0  # streak layer ≈ 0.05 at init: near the identity, with a usable slope (0.045)
 
 
@@ -51,6 +52,8 @@ class GeneratorConfig:
     #                           (the input's grey as guide, as He et al. refine theirs); 0 = none
     airlight: str = "predicted"  # "dehaze" only: "estimated" takes one RGB airlight per image from the input
     #                              (He et al.'s estimate, :func:`estimate_airlight`) instead of a map per pixel
+    estimate_size: int = 0    # "dehaze" only, at inference: the long side (pixels) at which t and a are estimated;
+    #                           a larger image is shrunk for the estimate and composed at full size (restore.py)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -68,6 +71,10 @@ class GeneratorConfig:
         if self.airlight not in AIRLIGHTS or (self.airlight == "estimated" and self.output != "dehaze"):
             raise ValueError(f"airlight must be one of {AIRLIGHTS} ('estimated' only for the 'dehaze' output), "
                              f"got {self.airlight!r} with output {self.output!r}")
+
+        if self.estimate_size and (self.output != "dehaze" or self.estimate_size < MIN_ESTIMATE_SIZE):
+            raise ValueError(f"estimate_size must be 0 or at least {MIN_ESTIMATE_SIZE} for the 'dehaze' output, "
+                             f"got {self.estimate_size} with output {self.output!r}")
 
     @property
     def head_reach(self) -> int:
@@ -280,13 +287,7 @@ class ResnetGenerator(nn.Module):
         if output == "image":
             return decoded
         unit = (x + 1) / 2
-        t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
-        if self.config.refine:  # smooth where the input is, sharp at its edges: no texture of its own in t
-            t = guided_filter(luminance(unit.float()), t, self.config.refine).clamp(MIN_TRANSMISSION, 1).to(t.dtype)
-        if self.config.airlight == "estimated":
-            a = self.airlight(x) if airlight is None else airlight
-        else:
-            a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+        t, a = self.scattering_maps(x, decoded, airlight)
         if output == "dehaze":
             y = (unit - a) / t + a
         elif output == "haze":
@@ -295,6 +296,20 @@ class ResnetGenerator(nn.Module):
             streaks = torch.sigmoid(decoded[:, 2:3] + STREAK_OFFSET)
             y = (unit - a) / t + a - streaks if output == "derain" else (unit + streaks) * t + a * (1 - t)
         return y.clamp(0, 1) * 2 - 1
+
+    def scattering_maps(self, x: torch.Tensor, decoded: torch.Tensor,
+                        airlight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transmission t (B, 1, H, W) and airlight a ((B, 1, H, W) grey, or (B, C, 1, 1) estimated) in [0, 1]
+        that :meth:`compose` applies, from the head's maps ``decoded`` of input ``x``."""
+        t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
+        if self.config.refine:  # smooth where the input is, sharp at its edges: no texture of its own in t
+            unit = (x.float() + 1) / 2
+            t = guided_filter(luminance(unit), t, self.config.refine).clamp(MIN_TRANSMISSION, 1).to(t.dtype)
+        if self.config.airlight == "estimated":
+            a = self.airlight(x) if airlight is None else airlight
+        else:
+            a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+        return t, a
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:
         """Channel count of the encoder output at each tapped layer index."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .classical import ClassicalDehazer
 from .devices import pick_device
 from .image_files import IntensityMap
-from .networks import ResnetGenerator
+from .networks import MIN_ESTIMATE_SIZE, ResnetGenerator
 from .tiling import Cancelled, TiledRunner
 
 MIN_SIDE = 16  # smaller images are padded up to this for the two downsamplings and reflection pads
@@ -47,6 +47,10 @@ class RestoreOptions:
     and puts the rest in (deleted, temporary) files in ``scratch_dir``, by default the system's temporary
     folder: at its peak it needs about 6 × (the network's width) bytes per pixel of free disk (≈ 13 GB at
     8192² for width 32) less what the GPU and RAM hold. ``stream_band_elements`` bounds one band's input.
+
+    ``estimate_size``: a dehazing restorer estimates transmission and airlight on a copy of a larger image
+    shrunk to this long side and composes the output at full size (:mod:`~napari_cdd_dehaze.working_scale`);
+    ``None`` takes the model's own (stored with its weights; 0 if none), 0 estimates at full resolution.
     """
 
     device: str | torch.device = "auto"
@@ -59,6 +63,7 @@ class RestoreOptions:
     stream_device_bytes: int | None = None
     stream_band_elements: int = 1 << 24   # one band's input (channels × rows × width): 64 MB of float32
     scratch_dir: str | None = None
+    estimate_size: int | None = None
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
@@ -126,7 +131,19 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
                        stream_memory_bytes=options.stream_memory_bytes, scratch_dir=options.scratch_dir,
                        band_elements=options.stream_band_elements,
                        stream_device_bytes=stream_device_bytes(device, options.stream_device_bytes),
-                       autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop)
+                       autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop,
+                       estimate_size=estimate_size(restorer, options.estimate_size))
+
+
+def estimate_size(restorer: ResnetGenerator, requested: int | None) -> int:
+    """The working scale of a run: ``requested``, or the restorer's own; checked against its output."""
+    size = restorer.config.estimate_size if requested is None else requested
+    if size and restorer.config.output != "dehaze":
+        raise ValueError(f"estimate_size is for dehazing models (scattering output); this model's output is "
+                         f"{restorer.config.output!r}: use 0")
+    if 0 < size < MIN_ESTIMATE_SIZE:
+        raise ValueError(f"estimate_size must be 0 or at least {MIN_ESTIMATE_SIZE}, got {size}")
+    return size
 
 
 def stream_device_bytes(device: torch.device, requested: int | None) -> int:

@@ -37,6 +37,7 @@ from torch import nn
 
 from .networks import InstanceNorm, ResnetGenerator
 from .streaming import StreamedRunner, image_airlight
+from .working_scale import run_at_working_scale
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -112,7 +113,9 @@ class TiledRunner:
     (default: the receptive-field radius). Streaming keeps up to ``stream_memory_bytes`` of intermediate
     layers in RAM (after up to ``stream_device_bytes`` in a GPU's memory) and the rest in files in
     ``scratch_dir``; ``band_elements`` bounds one band. ``should_stop()`` is called before each tile or band;
-    when it returns True, :class:`Cancelled` is raised. When the device runs out of memory (or a tensor is past
+    when it returns True, :class:`Cancelled` is raised. ``estimate_size`` (a dehazing restorer's working scale,
+    :mod:`~napari_cdd_dehaze.working_scale`): an image with a longer side is dehazed from maps estimated on a
+    copy shrunk to it, whatever the other settings. When the device runs out of memory (or a tensor is past
     a GPU kernel's 32-bit indexing), the tile size is halved (streaming: the stores leave the device, then the
     band is halved) and the image started again.
     """
@@ -122,7 +125,7 @@ class TiledRunner:
                  approx_stats_pixels: int = 2048 * 2048, autocast_dtype: torch.dtype | None = None,
                  should_stop: Callable[[], bool] | None = None, band_elements: int = 1 << 24,
                  stream_memory_bytes: int = 1 << 29, scratch_dir: str | None = None,
-                 stream_device_bytes: int = 0) -> None:
+                 stream_device_bytes: int = 0, estimate_size: int = 0) -> None:
         self.generator, self.device = generator.to(device).eval(), device
         self.tile = tile if tile in (None, 0) else max(64, tile // 4 * 4)
         self.whole_max_pixels = whole_max_pixels
@@ -132,6 +135,7 @@ class TiledRunner:
         self.should_stop = should_stop
         self.band_elements, self.stream_memory_bytes, self.scratch_dir = band_elements, stream_memory_bytes, scratch_dir
         self.stream_device_bytes = stream_device_bytes
+        self.estimate_size = estimate_size
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -160,6 +164,9 @@ class TiledRunner:
 
         ``progress(done, total)`` is called after each tile.
         """
+        if self.estimate_size and max(height, width) > self.estimate_size:
+            return run_at_working_scale(self.generator, self.device, read, write, height, width, self.estimate_size,
+                                        self.band_elements, self.autocast_dtype, self._check_stop, progress)
         if self.tile is None and height * width > self.whole_max_pixels:
             return self._run_streamed(read, write, height, width, progress)
         tile, stats, airlight = self.tile or max(height, width), None, None  # 0 or None (small image): whole

@@ -1,0 +1,75 @@
+"""Dehazing at the model's working scale against the full-resolution pass: seconds, megapixels/s, peak RSS.
+
+The bundled model on a photo that ships with scikit-image, enlarged to each side (content barely matters for
+speed). Each case runs in its own process so that its peak RSS is its own; the full-resolution pass is the
+engine's default (whole up to 2048², streamed layer by layer beyond), the working scale is
+``RestoreOptions.estimate_size`` (``working_scale.py``).
+
+    python benchmarks/bench_working_scale.py                       # 1024, 4096 and 8192, both ways
+    python benchmarks/bench_working_scale.py --sides 1024 --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def child(side: int, estimate_size: int, device: str) -> dict:
+    import numpy as np
+    import torch
+    from skimage import data
+    from skimage.transform import resize
+
+    from napari_cdd_dehaze.models import load_model
+    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+
+    torch.set_num_threads(torch.get_num_threads())
+    photo = (resize(data.astronaut(), (side, side), order=1) * 255).astype(np.uint8)
+    model = load_model("default")
+    options = RestoreOptions(device=device, estimate_size=estimate_size)
+    start = time.perf_counter()
+    out = restore_array(model, photo, options)
+    seconds = time.perf_counter() - start
+    return {"side": side, "estimate_size": estimate_size, "seconds": round(seconds, 2),
+            "mp_per_s": round(side * side / 1e6 / seconds, 2), "checksum": int(out[::97, ::89].sum()),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sides", nargs="*", type=int, default=[1024, 4096, 8192])
+    parser.add_argument("--estimate-size", type=int, default=128, help="working scale to compare (default 128)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="write the results here as well")
+    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], args.device)))
+        return
+    rows = []
+    print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, device {args.device}")
+    print("| side | full resolution: s (MP/s, peak RSS GB) | working scale: s (MP/s, peak RSS GB) | speed-up |")
+    print("|---|---|---|---|")
+    for side in args.sides:
+        pair = []
+        for size in (0, args.estimate_size):
+            done = subprocess.run([sys.executable, __file__, "--child", str(side), str(size), "--device", args.device],
+                                  capture_output=True, text=True, check=True)
+            pair.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        rows += pair
+        full, small = pair
+        print(f"| {side}² | {full['seconds']} ({full['mp_per_s']}, {full['peak_rss_gb']}) | {small['seconds']} "
+              f"({small['mp_per_s']}, {small['peak_rss_gb']}) | {full['seconds'] / small['seconds']:.0f}× |",
+              flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "machine": platform.platform(), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Dehazing at a working scale: haze estimated on a shrunk copy, output composed at full size, band by band."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.transform import resize
+
+from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
+from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.tiling import Cancelled
+from napari_cdd_dehaze.working_scale import shrink, upsample_rows, working_shape
+
+
+def _dehazer(**fields) -> ResnetGenerator:
+    torch.manual_seed(0)
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, **fields)).eval()
+    with torch.no_grad():  # a transmission and airlight that vary strongly across the image
+        g.head[1].weight.mul_(20)
+    return g
+
+
+@pytest.fixture(scope="module")
+def hazy(photos):
+    photo = resize(photos["coffee"], (517, 1031), anti_aliasing=True).astype(np.float32)  # odd, not /4
+    return (0.6 * photo + 0.4 * np.array([0.85, 0.85, 0.9], dtype=np.float32)).astype(np.float32)
+
+
+def _reader(x: torch.Tensor):
+    return lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1]
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (64, 48), (33, 200)])
+def test_upsampled_bands_equal_one_bilinear_resize(shape):
+    maps = torch.rand(1, 2, *shape)
+    full = F.interpolate(maps, size=(517, 1031), mode="bilinear", align_corners=False)
+    bands = torch.cat([upsample_rows(maps, 517, 1031, y, min(y + 70, 517), 1031) for y in range(0, 517, 70)], 2)
+    assert torch.allclose(bands, full, atol=1e-4)  # float32 rounding of the positions in torch
+    beyond = upsample_rows(maps, 517, 1031, 510, 530, 1040)  # padding rows and columns repeat the edge
+    assert torch.allclose(beyond[..., :7, :1031], full[..., 510:, :], atol=1e-4)
+    assert torch.allclose(beyond[..., 7:, :1031], full[..., -1:, :].expand(-1, -1, 13, -1), atol=1e-4)
+    assert torch.allclose(beyond[..., 1031:], beyond[..., 1030:1031].expand(-1, -1, -1, 9))
+
+
+def test_the_shrunk_copy_keeps_the_aspect_and_averages_the_image():
+    x = torch.rand(1, 3, 1000, 400) * 2 - 1
+    small = shrink(_reader(x), 1000, 400, 128, band_elements=3 * 400 * 37)  # bands of 35 rows (factor 7)
+    assert tuple(small.shape) == (1, 3, *working_shape(1000, 400, 128)) == (1, 3, 128, 52)
+    reference = F.interpolate(F.avg_pool2d(x[..., :994, :399], 7), size=(128, 52), mode="bilinear",
+                              antialias=True, align_corners=False)
+    assert torch.allclose(small, reference, atol=1e-5)
+    assert working_shape(4000, 30, 128) == (128, 16)  # never thinner than the encoder can take
+
+
+def test_a_large_image_is_composed_from_maps_of_its_shrunk_copy(hazy):
+    g = _dehazer()
+    out = restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128))
+    x = torch.from_numpy(np.pad(hazy, ((0, 3), (0, 1), (0, 0)), mode="reflect").transpose(2, 0, 1))[None] * 2 - 1
+    with torch.no_grad():  # the reference: whole-image operations, no bands
+        small = F.interpolate(F.avg_pool2d(x, 8)[..., :, :], size=working_shape(520, 1032, 128), mode="bilinear",
+                              antialias=True, align_corners=False)
+        t, a = g.scattering_maps(small, g.decode(small, g.encoder(small)))
+        t, a = (F.interpolate(m, size=(520, 1032), mode="bilinear", align_corners=False) for m in (t, a))
+        unit = (x + 1) / 2
+        expected = ((unit - a) / t + a).clamp(0, 1)[0, :, :517, :1031].numpy().transpose(1, 2, 0)
+    assert out.shape == hazy.shape and out.dtype == np.float32
+    assert np.abs(out - expected).max() < 1e-4
+    assert np.abs(out - restore_array(g, hazy, RestoreOptions(device="cpu", tile=0, estimate_size=0))).max() > 0.05
+    banded = restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128, stream_band_elements=3 * 1032 * 50))
+    assert np.abs(banded - out).max() < 1e-5  # bands of 50 rows: the same image
+
+
+def test_images_within_the_working_size_run_as_before(hazy):
+    g = _dehazer()
+    small = hazy[:200, :300]
+    full = restore_array(g, small, RestoreOptions(device="cpu", estimate_size=0))
+    assert np.array_equal(restore_array(g, small, RestoreOptions(device="cpu", estimate_size=300)), full)
+
+
+def test_the_model_carries_its_working_size_and_options_override_it(hazy, tmp_path):
+    g = load_restorer(save_restorer(tmp_path / "r.safetensors", _dehazer(estimate_size=128)))
+    assert g.config.estimate_size == 128
+    own = restore_array(g, hazy, RestoreOptions(device="cpu"))
+    assert np.array_equal(own, restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128)))
+    full = restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=0))
+    assert np.abs(own - full).max() > 0.05
+
+
+def test_an_estimated_airlight_and_a_refined_transmission_work_at_a_working_scale(hazy):
+    g = _dehazer(airlight="estimated", refine=8)
+    out = restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128))
+    assert np.isfinite(out).all() and np.abs(out - hazy).mean() > 0.01
+
+
+def test_progress_and_stop_count_bands(hazy):
+    g, seen = _dehazer(), []
+    restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128, stream_band_elements=3 * 1032 * 100,
+                                          progress=lambda done, total: seen.append((done, total))))
+    assert seen[-1] == (6, 6) and [d for d, _ in seen] == list(range(1, 7))
+    with pytest.raises(Cancelled):
+        restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128, should_stop=lambda: True))
+
+
+def test_a_working_size_is_refused_where_it_has_no_meaning(hazy):
+    image_model = ResnetGenerator(GeneratorConfig(width=8, blocks=2)).eval()
+    with pytest.raises(ValueError, match="dehazing models"):
+        restore_array(image_model, hazy, RestoreOptions(device="cpu", estimate_size=128))
+    with pytest.raises(ValueError, match="at least 64"):
+        restore_array(_dehazer(), hazy, RestoreOptions(device="cpu", estimate_size=20))
+    with pytest.raises(ValueError, match="estimate_size"):
+        GeneratorConfig(output="derain", estimate_size=128)

@@ -109,3 +109,26 @@ def test_a_working_size_is_refused_where_it_has_no_meaning(hazy):
         restore_array(_dehazer(), hazy, RestoreOptions(device="cpu", estimate_size=20))
     with pytest.raises(ValueError, match="estimate_size"):
         GeneratorConfig(output="derain", estimate_size=128)
+
+
+def test_a_pooled_airlight_is_one_grey_value_per_image_at_any_size(hazy):
+    """With pool_airlight the output is (I − ā)/t + ā with ā the mean of the head's map over the shrunk copy;
+    an image within the working size gets it too, at its own size."""
+    pooled, plain = _dehazer(estimate_size=128, pool_airlight=1), _dehazer(estimate_size=128)
+    for image in (hazy, hazy[:100, :120]):
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None] * 2 - 1
+        H, W = -(-image.shape[0] // 4) * 4, -(-image.shape[1] // 4) * 4
+        x = F.pad(x, (0, W - image.shape[1], 0, H - image.shape[0]), mode="reflect")
+        with torch.no_grad():
+            small = shrink(_reader(x), H, W, 128, 1 << 24)
+            t, a = pooled.scattering_maps(small, pooled.decode(small, pooled.encoder(small)))
+            f = max(1, max(H, W) // 128)
+            t = upsample_rows(t, H // f * f, W // f * f, 0, H, W)
+            mean = a.mean()
+            expected = ((x + 1) / 2 - mean) / t + mean
+        expected = expected.clamp(0, 1)[0, :, :image.shape[0], :image.shape[1]].numpy().transpose(1, 2, 0)
+        out = restore_array(pooled, image, RestoreOptions(device="cpu"))
+        assert np.abs(out - expected).max() < 1e-4
+        assert np.abs(out - restore_array(plain, image, RestoreOptions(device="cpu"))).max() > 0.02
+    with pytest.raises(ValueError, match="pool_airlight"):
+        GeneratorConfig(output="dehaze", pool_airlight=1)  # nothing to pool without a working scale

@@ -54,6 +54,7 @@ class GeneratorConfig:
     #                              (He et al.'s estimate, :func:`estimate_airlight`) instead of a map per pixel
     estimate_size: int = 0    # "dehaze" only, at inference: the long side (pixels) at which t and a are estimated;
     #                           a larger image is shrunk for the estimate and composed at full size (restore.py)
+    pool_airlight: int = 0    # with estimate_size: 1 replaces the head's grey airlight map by its mean over the image
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -75,6 +76,9 @@ class GeneratorConfig:
         if self.estimate_size and (self.output != "dehaze" or self.estimate_size < MIN_ESTIMATE_SIZE):
             raise ValueError(f"estimate_size must be 0 or at least {MIN_ESTIMATE_SIZE} for the 'dehaze' output, "
                              f"got {self.estimate_size} with output {self.output!r}")
+        if self.pool_airlight not in (0, 1) or (self.pool_airlight and not self.estimate_size):
+            raise ValueError(f"pool_airlight must be 0 or 1, and 1 only with an estimate_size, "
+                             f"got {self.pool_airlight}")
 
     @property
     def head_reach(self) -> int:

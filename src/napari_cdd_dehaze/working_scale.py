@@ -6,7 +6,9 @@ with texture. A scattering restorer trained on photos of about 500 pixels sees h
 in training. So a restorer with ``estimate_size`` (a :class:`~napari_cdd_dehaze.networks.GeneratorConfig`
 field, stored with its weights) estimates t and a on a copy of the image shrunk to that long side, upsamples
 the two maps bilinearly, and applies J = (I − a)/t + a to the full-resolution pixels. Detail comes from the
-input, the haze estimate from the scale the network knows. Measured on validation photos (never on the
+input, the haze estimate from the scale the network knows. With ``pool_airlight`` the head's grey airlight
+map is replaced by its mean over the image: homogeneous haze has one airlight, and a map lets the head trade
+airlight against transmission from place to place. Measured on validation photos (never on the
 evaluation sets) in ``training/README.md``; it is also far cheaper than a full-resolution pass.
 
 Memory stays bounded by a band, as in the streamed engine: the shrunk copy is built from row bands (block
@@ -38,8 +40,11 @@ def shrink(read: ReadWindow, height: int, width: int, size: int, band_elements: 
 
     Block averaging by the largest integer factor that keeps the long side at or above ``size`` comes first,
     band by band; the remainder rows and columns of that factor (fewer than the factor) are left out. The
-    small result is then resized to the working shape with an antialiased bilinear filter.
+    small result is then resized to the working shape with an antialiased bilinear filter. An image no
+    larger than ``size`` is returned as it is.
     """
+    if max(height, width) <= size:
+        return read(0, height, 0, width).float()
     factor = max(1, max(height, width) // size)
     rows_used, cols_used = height // factor * factor, width // factor * factor
     channels = read(0, 1, 0, 1).shape[1]
@@ -93,6 +98,8 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
     t, a = t.float(), a.float()
+    if generator.config.pool_airlight and a.shape[-2:] != (1, 1):  # one atmosphere: one grey airlight per image
+        a = a.mean(dim=(-2, -1), keepdim=True)
     factor = max(1, max(height, width) // size)
     covered_h, covered_w = height // factor * factor, width // factor * factor  # what the shrunk copy shows
     channels = small.shape[1]

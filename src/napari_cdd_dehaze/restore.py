@@ -14,7 +14,9 @@
   beyond ``whole_max_pixels`` streamed layer by layer over row bands with exact statistics
   (:mod:`~napari_cdd_dehaze.streaming`), or in tiles when a tile size is given
   (:mod:`~napari_cdd_dehaze.tiling`); bands and tiles are read from and written to the arrays window by
-  window, so memory stays bounded by the band or tile, not the image.
+  window, so memory stays bounded by the band or tile, not the image. A dehazing restorer with a working scale
+  (``estimate_size``, e.g. the bundled model) estimates the haze on a shrunk copy instead and composes the
+  output at full size band by band (:mod:`~napari_cdd_dehaze.working_scale`).
 * **Classical dehazers** (:class:`~napari_cdd_dehaze.classical.ClassicalDehazer`) share all of the above except
   tiling: their airlight is a global estimate, so each plane runs whole (in memory), progress counts planes
   and ``should_stop`` is honoured between planes. A grey channel is given to them as grey.

@@ -31,7 +31,9 @@ class RestoreWidget(Container):
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.tile = SpinBox(label="tile (0 = auto)", value=0, min=0, max=16384, step=64,
                             tooltip="0: small images whole, large ones streamed layer by layer (exact, bounded "
-                                    "memory). A size runs overlapping tiles that share one set of statistics.")
+                                    "memory). A size runs overlapping tiles that share one set of statistics. "
+                                    "A dehazing model with a working scale (the bundled one) estimates the haze "
+                                    "on a shrunk copy instead and ignores this.")
         self.run_button = PushButton(text="Restore")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")

@@ -132,3 +132,11 @@ def test_a_pooled_airlight_is_one_grey_value_per_image_at_any_size(hazy):
         assert np.abs(out - restore_array(plain, image, RestoreOptions(device="cpu"))).max() > 0.02
     with pytest.raises(ValueError, match="pool_airlight"):
         GeneratorConfig(output="dehaze", pool_airlight=1)  # nothing to pool without a working scale
+
+
+def test_bf16_autocast_estimates_the_maps_close_to_fp32(hazy):
+    """The shrunk copy runs under the run's autocast; the maps and the composition stay in float32."""
+    g = _dehazer(estimate_size=128, pool_airlight=1)
+    fp32 = restore_array(g, hazy, RestoreOptions(device="cpu"))
+    bf16 = restore_array(g, hazy, RestoreOptions(device="cpu", precision="bf16"))
+    assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).mean() < 0.02

@@ -57,7 +57,7 @@ def test_a_large_image_is_composed_from_maps_of_its_shrunk_copy(hazy):
     out = restore_array(g, hazy, RestoreOptions(device="cpu", estimate_size=128))
     x = torch.from_numpy(np.pad(hazy, ((0, 3), (0, 1), (0, 0)), mode="reflect").transpose(2, 0, 1))[None] * 2 - 1
     with torch.no_grad():  # the reference: whole-image operations, no bands
-        small = F.interpolate(F.avg_pool2d(x, 8)[..., :, :], size=working_shape(520, 1032, 128), mode="bilinear",
+        small = F.interpolate(F.avg_pool2d(x, 8), size=working_shape(520, 1032, 128), mode="bilinear",
                               antialias=True, align_corners=False)
         t, a = g.scattering_maps(small, g.decode(small, g.encoder(small)))
         t, a = (F.interpolate(m, size=(520, 1032), mode="bilinear", align_corners=False) for m in (t, a))

@@ -32,6 +32,7 @@ MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He
 # identity (t ≈ 0.96, offset 3) left the sigmoid's slope at 0.04 and a run stuck at the identity: the L1
 # cycle and identity terms pin both generators there before the adversarial gradient can move them.
 TRANSMISSION_OFFSET, AIRLIGHT_OFFSET = 2.0, 1.5
+MIN_SIDE = 16  # the smallest input side the engine runs: smaller ones are padded up (two downsamplings, reflect pads)
 MIN_ESTIMATE_SIZE = 64  # an estimate_size below this leaves too few pixels for the encoder's two downsamplings
 STREAK_OFFSET = -3.0  # streak layer ≈ 0.05 at init: near the identity, with a usable slope (0.045)
 

@@ -33,10 +33,8 @@ import torch.nn.functional as F
 from .classical import ClassicalDehazer
 from .devices import pick_device
 from .image_files import IntensityMap
-from .networks import MIN_ESTIMATE_SIZE, ResnetGenerator
+from .networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
 from .tiling import Cancelled, TiledRunner
-
-MIN_SIDE = 16  # smaller images are padded up to this for the two downsamplings and reflection pads
 
 
 @dataclass

@@ -23,16 +23,22 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import ResnetGenerator
+from .networks import MIN_SIDE, ResnetGenerator
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
-MIN_SIDE = 16  # the shrunk copy's shorter side, at least (the encoder's two downsamplings and reflection pads)
 
 
 def working_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """The shrunk copy's (rows, columns): long side ``size``, aspect kept, multiples of 4, at least 16."""
     scale = size / max(height, width)
     return (max(MIN_SIDE, round(height * scale / 4) * 4), max(MIN_SIDE, round(width * scale / 4) * 4))
+
+
+def block_cover(height: int, width: int, size: int) -> tuple[int, int, int]:
+    """The block-averaging factor of :func:`shrink` and the rows and columns it covers (a remainder smaller than
+    the factor is left out; the maps are stretched back over the covered part only)."""
+    factor = max(1, max(height, width) // size)
+    return factor, height // factor * factor, width // factor * factor
 
 
 def shrink(read: ReadWindow, height: int, width: int, size: int, band_elements: int) -> torch.Tensor:
@@ -45,8 +51,7 @@ def shrink(read: ReadWindow, height: int, width: int, size: int, band_elements: 
     """
     if max(height, width) <= size:
         return read(0, height, 0, width).float()
-    factor = max(1, max(height, width) // size)
-    rows_used, cols_used = height // factor * factor, width // factor * factor
+    factor, rows_used, cols_used = block_cover(height, width, size)
     channels = read(0, 1, 0, 1).shape[1]
     band = max(factor, band_elements // max(1, channels * cols_used) // factor * factor)
     reduced = torch.cat([F.avg_pool2d(read(y, min(y + band, rows_used), 0, cols_used).float(), factor)
@@ -100,8 +105,7 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
     t, a = t.float(), a.float()
     if generator.config.pool_airlight and a.shape[-2:] != (1, 1):  # one atmosphere: one grey airlight per image
         a = a.mean(dim=(-2, -1), keepdim=True)
-    factor = max(1, max(height, width) // size)
-    covered_h, covered_w = height // factor * factor, width // factor * factor  # what the shrunk copy shows
+    _, covered_h, covered_w = block_cover(height, width, size)  # what the shrunk copy shows
     channels = small.shape[1]
     rows = max(1, band_elements // max(1, channels * width))
     total = math.ceil(height / rows)

@@ -172,8 +172,9 @@ def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folde
     """A scattering-head restorer of width 8 finetuned with a preset that says width 16, image output."""
     trainer = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "run")
     trainer.run()
-    tuned = Trainer(tiny_config(width=16, output="image", lr=1e-5), *unpaired_folders, tmp_path / "tuned",
-                    init_from=tmp_path / "run" / "restorer.safetensors")
+    with pytest.warns(UserWarning, match=r"width 8 \(recipe: 16\), output 'scattering' \(recipe: 'image'\)"):
+        tuned = Trainer(tiny_config(width=16, output="image", lr=1e-5), *unpaired_folders, tmp_path / "tuned",
+                        init_from=tmp_path / "run" / "restorer.safetensors")
     assert (tuned.config.width, tuned.config.output, tuned.config.lr) == (8, "scattering", 1e-5)
     assert torch.equal(tuned.method.restorer.head[1].weight, trainer.method.ema_restorer.head[1].weight)
     bundled = Trainer(tiny_config(), *unpaired_folders, tmp_path / "tuned3", init_from="default")

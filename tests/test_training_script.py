@@ -36,3 +36,40 @@ def test_shipped_recipes_are_valid():
     assert TrainConfig.from_dict(default) == preset("default")  # the bundled model's recipe, in both places
     smoke = TrainConfig.from_dict(yaml.safe_load((SCRIPT.parent / "configs" / "smoke.yaml").read_text()))
     assert smoke.width == 8 and smoke.steps == 20
+
+
+def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
+    """The suites script writes fixed-density and measured-depth pairs (the same for the same seed) and scores
+    the methods on them and on the validation pairs with the library's evaluation."""
+    import json
+
+    import numpy as np
+    from skimage.transform import resize
+
+    from conftest import to_u8
+    from napari_cdd_dehaze.image_files import read_image, write_image
+    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+
+    clear = resize(photos["astronaut"], (64, 96), anti_aliasing=True).astype(np.float32)
+    for part, image in (("clear", clear), ("hazy", add_haze(clear, ramp_depth(clear.shape[:2]), 1.0))):
+        (tmp_path / "val" / part).mkdir(parents=True)
+        write_image(tmp_path / "val" / part / "a.png", to_u8(image))
+    (tmp_path / "depth" / "scene").mkdir(parents=True)
+    write_image(tmp_path / "depth" / "scene" / "rgb.png", to_u8(clear))
+    write_image(tmp_path / "depth" / "scene" / "depth_mm.png",
+                np.tile(np.linspace(1000, 5000, 96, dtype=np.uint16), (64, 1)))
+    script = SCRIPT.parent / "validation_suites.py"
+    args = ["--pairs", str(tmp_path / "val"), "--depth", str(tmp_path / "depth"), "--method", "identity", "dcp",
+            "--betas", "0.5", "2", "--depth-betas", "1", "--count", "1"]
+    for out in ("a", "b"):
+        done = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, check=True)
+        assert "fixed-0.5 (1, paired)" in done.stdout and "depth-1 (1, paired)" in done.stdout
+    report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())
+    sets = {s["name"]: s["means"] for s in report["sets"]}
+    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "depth-1"]
+    assert sets["fixed-0.5"]["identity"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]  # denser haze, further off
+    assert sets["fixed-2"]["dcp"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]
+    for suite, name in (("fixed-2", "000.png"), ("depth-1", "scene.png")):
+        first, second = (read_image(tmp_path / out / "suites" / suite / "hazy" / name) for out in "ab")
+        assert np.array_equal(first, second)  # deterministic for a seed

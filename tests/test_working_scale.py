@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
+from napari_cdd_dehaze.config import TrainConfig
 from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
 from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
 from napari_cdd_dehaze.restore import RestoreOptions, restore_array
@@ -140,3 +141,20 @@ def test_bf16_autocast_estimates_the_maps_close_to_fp32(hazy):
     fp32 = restore_array(g, hazy, RestoreOptions(device="cpu"))
     bf16 = restore_array(g, hazy, RestoreOptions(device="cpu", precision="bf16"))
     assert bf16.dtype == np.float32 and 0 < np.abs(bf16 - fp32).mean() < 0.02
+
+
+def test_a_pooled_airlight_is_one_value_per_crop_in_training_too():
+    """A run with pool_airlight trains the restorer it ships: every forward (a training crop too) composes with
+    the mean of the head's airlight map, and the gradient reaches that map through the mean."""
+    config = TrainConfig(width=8, blocks=2, nce_layers=(0, 4), output="scattering", dark_patch=15,
+                         estimate_size=128, pool_airlight=1)
+    restorer = ResnetGenerator(config.generator_config("restore"))
+    assert config.generator_config("degrade").pool_airlight == 0  # the degrader keeps its map
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    decoded = restorer.decode(x, restorer.encoder(x))
+    t, a = restorer.scattering_maps(x, decoded)
+    assert a.shape == (2, 1, 1, 1)
+    expected = (((x + 1) / 2 - a) / t + a).clamp(0, 1) * 2 - 1
+    assert torch.allclose(restorer(x), expected, atol=1e-6)
+    restorer(x).mean().backward()
+    assert restorer.head[1].weight.grad[1].abs().sum() > 0  # the airlight channel of the head learns

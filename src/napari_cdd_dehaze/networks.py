@@ -56,6 +56,7 @@ class GeneratorConfig:
     estimate_size: int = 0    # "dehaze" only, at inference: the long side (pixels) at which t and a are estimated;
     #                           a larger image is shrunk for the estimate and composed at full size (restore.py)
     pool_airlight: int = 0    # with estimate_size: 1 replaces the head's grey airlight map by its mean over the image
+    #                           (over the working-scale copy at inference, over each crop in training)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -314,6 +315,8 @@ class ResnetGenerator(nn.Module):
             a = self.airlight(x) if airlight is None else airlight
         else:
             a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+            if self.config.pool_airlight:  # one atmosphere: one grey airlight per image (per crop in training)
+                a = a.mean(dim=(-2, -1), keepdim=True)
         return t, a
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:

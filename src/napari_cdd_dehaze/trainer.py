@@ -101,6 +101,21 @@ def architecture_of(source: str | Path) -> dict:
     return {**ARCHITECTURE_DEFAULTS, **{k: saved[k] for k in ARCHITECTURE_FIELDS if k in saved}}
 
 
+def _take_network_of(config: TrainConfig, init_from: str | Path) -> TrainConfig:
+    """``config`` with the network fields of the model it finetunes, saying which of its own values give way.
+
+    Silently replaced values misled once: a recipe that set ``pool_airlight: 0`` to finetune the bundled model
+    without a pooled airlight trained with one, because the bundled model has it.
+    """
+    network = architecture_of(init_from)
+    replaced = [f"{key} {value!r} (recipe: {getattr(config, key)!r})" for key, value in network.items()
+                if getattr(config, key) != value]
+    if replaced:
+        warnings.warn(f"finetuning {init_from}: the run keeps that model's network fields, " + ", ".join(replaced),
+                      stacklevel=3)
+    return config.replace(**network)
+
+
 class Trainer:
     """Train ``config.method`` on two unpaired folders, writing checkpoints under ``run_dir``.
 
@@ -129,7 +144,7 @@ class Trainer:
             from .models import DEFAULT_WEIGHTS
             init_from = DEFAULT_WEIGHTS
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
-            config = config.replace(**architecture_of(init_from))
+            config = _take_network_of(config, init_from)
         self.config = config
         self.replicas, device = replicas_from_environment(config.device)
         self.device = pick_device(device)

@@ -102,9 +102,7 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
     small = shrink(read, height, width, size, band_elements).to(device)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
-    t, a = t.float(), a.float()
-    if generator.config.pool_airlight and a.shape[-2:] != (1, 1):  # one atmosphere: one grey airlight per image
-        a = a.mean(dim=(-2, -1), keepdim=True)
+    t, a = t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)
     _, covered_h, covered_w = block_cover(height, width, size)  # what the shrunk copy shows
     channels = small.shape[1]
     rows = max(1, band_elements // max(1, channels * width))

@@ -1,0 +1,107 @@
+"""Score models on every validation suite we choose by, in one report (never on ../shared/eval).
+
+    python training/validation_suites.py --pairs DATA/val --depth SHARED/train/depth --out runs/suites \\
+        --method default dcp cap runs/a/restorer.safetensors runs/b/restorer.safetensors
+
+Three suites, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
+the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as ``cdd-dehaze eval``):
+
+* ``val``: the paired validation set as it is (``make_hazy_set.py --holdout``: the training synthesis on
+  photos no run trains on);
+* ``fixed-B``: the first ``--count`` clear photos of that set hazed at one density β = B each (``add_haze`` with
+  the depth prior, airlight 0.75–1.0 with a ±0.04 tint): how a model does from light to dense haze;
+* ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
+  ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
+  training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
+
+Why several: one candidate's gain on ``val`` alone has more than once failed to carry over to the held-out
+evaluation sets (``training/README.md``); a change that loses on a suite is worth knowing before that check.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from napari_cdd_dehaze.data import list_images
+from napari_cdd_dehaze.evaluate import evaluate
+from napari_cdd_dehaze.image_files import read_image, write_image
+from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth
+
+
+def unit_rgb(image: np.ndarray) -> np.ndarray:
+    scale = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+    image = image.astype(np.float32) / scale
+    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+
+
+def to_u8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def random_airlight(rng: np.random.Generator, low: float) -> tuple[float, float, float]:
+    return tuple(np.clip(rng.uniform(low, 1.0) + rng.uniform(-0.04, 0.04, 3), 0, 1))
+
+
+def write_pair(folder: Path, name: str, hazy: np.ndarray, clear: np.ndarray) -> None:
+    for part, image in (("hazy", hazy), ("clear", clear)):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+        write_image(folder / part / name, to_u8(image))
+
+
+def fixed_density_suites(clear_dir: Path, out: Path, betas: list[float], count: int, seed: int) -> list[Path]:
+    """``out/fixed-B``: the first ``count`` photos of ``clear_dir``, each hazed at density B (same airlights and
+    depth priors at every B, so the suites differ in density alone)."""
+    photos = [unit_rgb(read_image(p)) for p in list_images(clear_dir)[:count]]
+    folders = []
+    for beta in betas:
+        rng, folder = np.random.default_rng(seed), out / f"fixed-{beta:g}"
+        for index, clear in enumerate(photos):
+            airlight = random_airlight(rng, 0.75)
+            write_pair(folder, f"{index:03d}.png", add_haze(clear, depth_prior(clear, rng), beta, airlight), clear)
+        folders.append(folder)
+    return folders
+
+
+def measured_depth_suites(depth_dir: Path, out: Path, betas: list[float], seed: int) -> list[Path]:
+    """``out/depth-B``: every ``<scene>/rgb.png`` of ``depth_dir`` hazed at density B from its ``depth_mm.png``."""
+    scenes = sorted(p for p in depth_dir.iterdir() if (p / "rgb.png").is_file() and (p / "depth_mm.png").is_file())
+    if not scenes:
+        raise SystemExit(f"{depth_dir}: no <scene>/rgb.png with depth_mm.png beside it")
+    folders = []
+    for beta in betas:
+        rng, folder = np.random.default_rng(seed), out / f"depth-{beta:g}"
+        for scene in scenes:
+            clear = unit_rgb(read_image(scene / "rgb.png"))
+            depth = measured_depth(read_image(scene / "depth_mm.png"))
+            write_pair(folder, f"{scene.name}.png", add_haze(clear, depth, beta, random_airlight(rng, 0.7)), clear)
+        folders.append(folder)
+    return folders
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", required=True, help="paired validation folder (hazy/, clear/)")
+    parser.add_argument("--depth", help="folder of <scene>/{rgb.png,depth_mm.png} (measured depth); none: no suite")
+    parser.add_argument("--out", required=True, help="where the suites' pairs and the report are written")
+    parser.add_argument("--method", nargs="+", required=True, help="as cdd-dehaze eval: default, dcp, cap, a path")
+    parser.add_argument("--betas", type=float, nargs="*", default=[0.2, 0.5, 1.0, 2.0, 3.0])
+    parser.add_argument("--depth-betas", type=float, nargs="*", default=[0.6, 2.0])
+    parser.add_argument("--count", type=int, default=12, help="photos of the fixed-density suites")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    out, pairs = Path(args.out), Path(args.pairs)
+    folders = [pairs] + fixed_density_suites(pairs / "clear", out / "suites", args.betas, args.count, args.seed)
+    if args.depth:
+        folders += measured_depth_suites(Path(args.depth), out / "suites", args.depth_betas, args.seed)
+    report = evaluate(folders, [], args.method, device=args.device, tile=0, log=lambda message: None)
+    report.write(out / "report")
+    print(report.summary_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

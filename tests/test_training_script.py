@@ -60,16 +60,16 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
                 np.tile(np.linspace(1000, 5000, 96, dtype=np.uint16), (64, 1)))
     script = SCRIPT.parent / "validation_suites.py"
     args = ["--pairs", str(tmp_path / "val"), "--depth", str(tmp_path / "depth"), "--method", "identity", "dcp",
-            "--betas", "0.5", "2", "--depth-betas", "1", "--count", "1"]
+            "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "--count", "1"]
     for out in ("a", "b"):
         done = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, check=True)
         assert "fixed-0.5 (1, paired)" in done.stdout and "depth-1 (1, paired)" in done.stdout
     report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())
     sets = {s["name"]: s["means"] for s in report["sets"]}
-    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "depth-1"]
+    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "depth-1"]
     assert sets["fixed-0.5"]["identity"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]  # denser haze, further off
     assert sets["fixed-2"]["dcp"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]
-    for suite, name in (("fixed-2", "000.png"), ("depth-1", "scene.png")):
+    for suite, name in (("fixed-2", "000.png"), ("airlight-0.8", "000.png"), ("depth-1", "scene.png")):
         first, second = (read_image(tmp_path / out / "suites" / suite / "hazy" / name) for out in "ab")
         assert np.array_equal(first, second)  # deterministic for a seed

@@ -10,6 +10,8 @@ the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as `
   photos no run trains on);
 * ``fixed-B``: the first ``--count`` clear photos of that set hazed at one density β = B each (``add_haze`` with
   the depth prior, airlight 0.75–1.0 with a ±0.04 tint): how a model does from light to dense haze;
+* ``airlight-A``: the same photos at one density (``--airlight-beta``) under one grey airlight A: whether a
+  model's airlight follows the image or sticks to the middle of the range it was trained on;
 * ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
   ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
   training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
@@ -51,18 +53,18 @@ def write_pair(folder: Path, name: str, hazy: np.ndarray, clear: np.ndarray) -> 
         write_image(folder / part / name, to_u8(image))
 
 
-def fixed_density_suites(clear_dir: Path, out: Path, betas: list[float], count: int, seed: int) -> list[Path]:
-    """``out/fixed-B``: the first ``count`` photos of ``clear_dir``, each hazed at density B (same airlights and
-    depth priors at every B, so the suites differ in density alone)."""
-    photos = [unit_rgb(read_image(p)) for p in list_images(clear_dir)[:count]]
-    folders = []
-    for beta in betas:
-        rng, folder = np.random.default_rng(seed), out / f"fixed-{beta:g}"
-        for index, clear in enumerate(photos):
-            airlight = random_airlight(rng, 0.75)
-            write_pair(folder, f"{index:03d}.png", add_haze(clear, depth_prior(clear, rng), beta, airlight), clear)
-        folders.append(folder)
-    return folders
+def photo_suite(photos: list[np.ndarray], folder: Path, beta: float, seed: int,
+                grey_airlight: float | None = None) -> Path:
+    """``photos`` hazed at density ``beta`` into ``folder``: random airlights (0.75–1.0, tinted) or one grey
+    value. The same seed gives the same depth priors whatever the density or airlight, so suites differ in those
+    alone."""
+    rng = np.random.default_rng(seed)
+    for index, clear in enumerate(photos):
+        airlight = random_airlight(rng, 0.75)
+        if grey_airlight is not None:
+            airlight = (grey_airlight,) * 3
+        write_pair(folder, f"{index:03d}.png", add_haze(clear, depth_prior(clear, rng), beta, airlight), clear)
+    return folder
 
 
 def measured_depth_suites(depth_dir: Path, out: Path, betas: list[float], seed: int) -> list[Path]:
@@ -89,12 +91,19 @@ def main() -> int:
     parser.add_argument("--method", nargs="+", required=True, help="as cdd-dehaze eval: default, dcp, cap, a path")
     parser.add_argument("--betas", type=float, nargs="*", default=[0.2, 0.5, 1.0, 2.0, 3.0])
     parser.add_argument("--depth-betas", type=float, nargs="*", default=[0.6, 2.0])
+    parser.add_argument("--airlights", type=float, nargs="*", default=[0.7, 1.0],
+                        help="grey airlights of the airlight-A suites (the fixed-density photos at --airlight-beta)")
+    parser.add_argument("--airlight-beta", type=float, default=1.5)
     parser.add_argument("--count", type=int, default=12, help="photos of the fixed-density suites")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     out, pairs = Path(args.out), Path(args.pairs)
-    folders = [pairs] + fixed_density_suites(pairs / "clear", out / "suites", args.betas, args.count, args.seed)
+    photos = [unit_rgb(read_image(p)) for p in list_images(pairs / "clear")[:args.count]]
+    folders = [pairs] + [photo_suite(photos, out / "suites" / f"fixed-{beta:g}", beta, args.seed)
+                         for beta in args.betas]
+    folders += [photo_suite(photos, out / "suites" / f"airlight-{a:g}", args.airlight_beta, args.seed, a)
+                for a in args.airlights]
     if args.depth:
         folders += measured_depth_suites(Path(args.depth), out / "suites", args.depth_betas, args.seed)
     report = evaluate(folders, [], args.method, device=args.device, tile=0, log=lambda message: None)

@@ -32,15 +32,7 @@ from napari_cdd_dehaze.evaluate import evaluate
 from napari_cdd_dehaze.image_files import read_image, write_image
 from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth
 
-
-def unit_rgb(image: np.ndarray) -> np.ndarray:
-    scale = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
-    image = image.astype(np.float32) / scale
-    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
-
-
-def to_u8(image: np.ndarray) -> np.ndarray:
-    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
+from make_hazy_set import to_u8, unit_rgb  # the training set's own conversions (this folder)
 
 
 def random_airlight(rng: np.random.Generator, low: float) -> tuple[float, float, float]:

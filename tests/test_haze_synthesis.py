@@ -35,6 +35,19 @@ def test_a_wider_density_range_adds_light_haze():
     assert (kept > 0.6).mean() > 0.1  # light haze (over 60 % kept) appears, which the default range never gives
 
 
+def test_the_airlight_is_drawn_from_its_range():
+    """A black scene under haze shows A·(1 − t); a white one shows t + A·(1 − t): so A = black / (1 − t)."""
+    far, same = np.ones((4, 4), np.float32), np.random.default_rng
+    for airlight_range in ((0.7, 1.0), (0.95, 1.0)):
+        grey = []
+        for seed in range(100):
+            black, white = (haze_with_depth(np.full((4, 4, 3), value, np.float32), far, same(seed), (2.0, 3.0),
+                                            airlight_range)[0, 0] for value in (0.0, 1.0))
+            grey.append(float(np.mean(black / (1 - (white - black)))))  # the tint averages out over channels
+        assert airlight_range[0] - 0.041 <= min(grey) and max(grey) <= 1.0
+        assert abs(np.mean(grey) - np.mean(airlight_range)) < 0.03
+
+
 @pytest.fixture
 def photo(photos):
     return next(iter(photos.values()))

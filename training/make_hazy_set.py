@@ -6,7 +6,7 @@
   half is copied as the clean domain (``DATA/clean``) — the two domains never show the same scene.
 * Hazing uses the atmospheric scattering model with a depth prior (``synthesis.depth_prior``) for photos
   and the measured depth for the Middlebury scenes (all of which go to the degraded side), each image
-  ``--versions`` times with a different density (``--beta``) and airlight.
+  ``--versions`` times with a different density (``--beta``) and airlight (``--airlight``).
 * ``--holdout P`` sets about P % of the photos aside (again by hash) as a paired validation set,
   ``DATA/val/hazy`` and ``DATA/val/clear``, seen by neither domain: the place to choose a checkpoint
   without touching the held-out evaluation images.
@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--beta", type=float, nargs=2, default=(0.6, 3.0), metavar=("MIN", "MAX"),
                         help="haze density per unit relative depth, drawn uniformly (default 0.6 3.0: dense; "
                              "0.1 keeps 90 %% of the far light, light haze)")
+    parser.add_argument("--airlight", type=float, nargs=2, default=(0.7, 1.0), metavar=("MIN", "MAX"),
+                        help="grey level of the airlight, drawn uniformly (each channel then tinted by ±0.04)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -75,7 +77,7 @@ def main() -> int:
             continue
         if held_out:
             write_image(out / "val" / "clear" / f"{name}.png", to_u8(photo))
-            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng, args.beta)
+            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng, args.beta, args.airlight)
             write_image(out / "val" / "hazy" / f"{name}.png", to_u8(hazy))
             counts["val"] += 1
             continue
@@ -84,7 +86,7 @@ def main() -> int:
             counts["clean"] += 1
             continue
         for v in range(args.versions):
-            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng, args.beta)
+            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng, args.beta, args.airlight)
             write_image(out / "degraded" / f"{name}_h{v}.png", to_u8(hazy))
             counts["degraded"] += 1
     for scene in sorted(Path(args.depth).iterdir()) if args.depth else []:
@@ -92,7 +94,7 @@ def main() -> int:
         depth = measured_depth(read_image(scene / "depth_mm.png"))
         for v in range(args.versions):
             write_image(out / "degraded" / f"middlebury_{scene.name}_h{v}.png",
-                        to_u8(haze_with_depth(photo, depth, rng, args.beta)))
+                        to_u8(haze_with_depth(photo, depth, rng, args.beta, args.airlight)))
             counts["degraded"] += 1
     print(f"{out}: {counts['degraded']} hazy, {counts['clean']} clean, {counts['val']} validation pairs, "
           f"{counts['skipped']} skipped")

@@ -252,12 +252,15 @@ def measured_depth(depth_mm: np.ndarray) -> np.ndarray:
 
 
 def haze_with_depth(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
-                    beta_range: tuple[float, float] = (0.6, 3.0)) -> np.ndarray:
+                    beta_range: tuple[float, float] = (0.6, 3.0),
+                    airlight_range: tuple[float, float] = (0.7, 1.0)) -> np.ndarray:
     """``clean`` under haze of random density and (slightly tinted) airlight for a relative ``depth``.
 
     The density β per unit depth is drawn uniformly from ``beta_range``: by default the farthest point keeps
-    5–55 % of its light (β from 0.6 to 3); ``(0.1, 3.0)`` also gives light haze (up to 90 % kept).
+    5–55 % of its light (β from 0.6 to 3); ``(0.1, 3.0)`` also gives light haze (up to 90 % kept). The airlight's
+    grey level is drawn uniformly from ``airlight_range``, then each channel is tinted by up to ±0.04.
     """
     beta = rng.uniform(*beta_range)
-    airlight = np.clip(rng.uniform(0.7, 1.0) + rng.uniform(-0.04, 0.04, size=3 if clean.ndim == 3 else 1), 0, 1)
+    grey = rng.uniform(*airlight_range)
+    airlight = np.clip(grey + rng.uniform(-0.04, 0.04, size=3 if clean.ndim == 3 else 1), 0, 1)
     return add_haze(clean, depth, beta, tuple(airlight))

@@ -3,7 +3,7 @@
     python training/validation_suites.py --pairs DATA/val --depth SHARED/train/depth --out runs/suites \\
         --method default dcp cap runs/a/restorer.safetensors runs/b/restorer.safetensors
 
-Three suites, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
+Four kinds of suite, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
 the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as ``cdd-dehaze eval``):
 
 * ``val``: the paired validation set as it is (``make_hazy_set.py --holdout``: the training synthesis on
@@ -30,13 +30,9 @@ import numpy as np
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.evaluate import evaluate
 from napari_cdd_dehaze.image_files import read_image, write_image
-from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth
+from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth, random_airlight
 
 from make_hazy_set import to_u8, unit_rgb  # the training set's own conversions (this folder)
-
-
-def random_airlight(rng: np.random.Generator, low: float) -> tuple[float, float, float]:
-    return tuple(np.clip(rng.uniform(low, 1.0) + rng.uniform(-0.04, 0.04, 3), 0, 1))
 
 
 def write_pair(folder: Path, name: str, hazy: np.ndarray, clear: np.ndarray) -> None:
@@ -52,7 +48,7 @@ def photo_suite(photos: list[np.ndarray], folder: Path, beta: float, seed: int,
     alone."""
     rng = np.random.default_rng(seed)
     for index, clear in enumerate(photos):
-        airlight = random_airlight(rng, 0.75)
+        airlight = random_airlight(rng, (0.75, 1.0))
         if grey_airlight is not None:
             airlight = (grey_airlight,) * 3
         write_pair(folder, f"{index:03d}.png", add_haze(clear, depth_prior(clear, rng), beta, airlight), clear)
@@ -61,18 +57,19 @@ def photo_suite(photos: list[np.ndarray], folder: Path, beta: float, seed: int,
 
 def measured_depth_suites(depth_dir: Path, out: Path, betas: list[float], seed: int) -> list[Path]:
     """``out/depth-B``: every ``<scene>/rgb.png`` of ``depth_dir`` hazed at density B from its ``depth_mm.png``."""
-    scenes = sorted(p for p in depth_dir.iterdir() if (p / "rgb.png").is_file() and (p / "depth_mm.png").is_file())
-    if not scenes:
+    folders = sorted(p for p in depth_dir.iterdir() if (p / "rgb.png").is_file() and (p / "depth_mm.png").is_file())
+    if not folders:
         raise SystemExit(f"{depth_dir}: no <scene>/rgb.png with depth_mm.png beside it")
-    folders = []
+    scenes = [(p.name, unit_rgb(read_image(p / "rgb.png")), measured_depth(read_image(p / "depth_mm.png")))
+              for p in folders]  # read once, hazed at every density
+    suites = []
     for beta in betas:
-        rng, folder = np.random.default_rng(seed), out / f"depth-{beta:g}"
-        for scene in scenes:
-            clear = unit_rgb(read_image(scene / "rgb.png"))
-            depth = measured_depth(read_image(scene / "depth_mm.png"))
-            write_pair(folder, f"{scene.name}.png", add_haze(clear, depth, beta, random_airlight(rng, 0.7)), clear)
-        folders.append(folder)
-    return folders
+        rng, suite = np.random.default_rng(seed), out / f"depth-{beta:g}"
+        for name, clear, depth in scenes:
+            hazy = add_haze(clear, depth, beta, random_airlight(rng, (0.7, 1.0)))
+            write_pair(suite, f"{name}.png", hazy, clear)
+        suites.append(suite)
+    return suites
 
 
 def main() -> int:

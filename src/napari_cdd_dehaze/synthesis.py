@@ -261,6 +261,11 @@ def haze_with_depth(clean: np.ndarray, depth: np.ndarray, rng: np.random.Generat
     grey level is drawn uniformly from ``airlight_range``, then each channel is tinted by up to ±0.04.
     """
     beta = rng.uniform(*beta_range)
-    grey = rng.uniform(*airlight_range)
-    airlight = np.clip(grey + rng.uniform(-0.04, 0.04, size=3 if clean.ndim == 3 else 1), 0, 1)
-    return add_haze(clean, depth, beta, tuple(airlight))
+    return add_haze(clean, depth, beta, random_airlight(rng, airlight_range, 3 if clean.ndim == 3 else 1))
+
+
+def random_airlight(rng: np.random.Generator, grey_range: tuple[float, float] = (0.7, 1.0),
+                    channels: int = 3) -> tuple[float, ...]:
+    """An airlight whose grey level is drawn uniformly from ``grey_range``, each channel tinted by up to ±0.04."""
+    grey = rng.uniform(*grey_range)
+    return tuple(np.clip(grey + rng.uniform(-0.04, 0.04, size=channels), 0, 1))

@@ -111,3 +111,70 @@ def test_all_modes_train(negatives, gan_mode):
     m = _method(negatives=negatives, gan_mode=gan_mode, lambda_identity=0 if negatives == "internal" else 1)
     losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def _scattering_method(**changes):
+    torch.manual_seed(0)
+    return build_method(tiny_config(output="scattering", dark_patch=5, estimate_size=64, pool_airlight=1, **changes))
+
+
+def test_the_rehaze_term_is_logged_and_optimised_only_when_weighted():
+    m = _scattering_method(lambda_rehaze=2.0)
+    losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    c = m.config
+    assert set(losses) == LOGGED | {"rehaze"} and 0 < losses["rehaze"] < 1  # an airlight error, in [0, 1]
+    expected = (c.lambda_gan * losses["gan"] + c.lambda_nce * losses["nce"] + c.lambda_cycle * losses["cycle"]
+                + c.lambda_identity * losses["identity"] + c.lambda_rehaze * losses["rehaze"])
+    assert losses["generators"] == pytest.approx(expected, rel=1e-5)
+    off = _scattering_method()
+    assert "rehaze" not in off.training_step(*_batch(), off.make_optimisers(), torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lambda_rehaze=1.0), "lambda_rehaze needs"),  # the image output has no airlight to read
+    (dict(output="scattering", airlight="estimated", lambda_rehaze=1.0), "lambda_rehaze needs"),
+    (dict(output="scattering", lambda_rehaze=-1.0), "lambda_rehaze must be"),
+])
+def test_the_rehaze_term_asks_for_a_predicted_airlight(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**changes)
+
+
+def test_the_rehaze_term_teaches_the_restorer_to_read_an_airlight_without_lifting_its_transmission():
+    """Trained on the re-haze term alone, the restorer's pooled airlight of I* = J·t + A*·(1 − t) follows A*
+    while its transmission stays where it was (the term has no minimum at t = 1)."""
+    from skimage import data
+
+    from napari_cdd_dehaze.methods.common import Translations
+
+    m = _scattering_method(lambda_rehaze=1.0)
+    with torch.no_grad():
+        m.restorer.head[1].bias[0] = -3.0  # a hazy-looking t ≈ 0.37, so the veil is visible in I*
+    photo = torch.from_numpy(data.astronaut()[::8, ::8] / 255.0).float().permute(2, 0, 1)[None] * 2 - 1
+
+    def crop(seed):
+        i, j = torch.randint(0, 32, (2,), generator=torch.Generator().manual_seed(seed))
+        return photo[..., i:i + 32, j:j + 32]
+
+    def airlight_error_and_transmission():
+        draws, errors = torch.Generator().manual_seed(5), []
+        with torch.no_grad():
+            for k in range(8):
+                scene, t, _ = m.restorer.forward_with_maps(crop(1000 + k))
+                target = 0.6 + 0.4 * torch.rand(1, 1, 1, 1, generator=draws)
+                _, _, read = m.restorer.forward_with_maps(((scene + 1) / 2 * t + target * (1 - t)) * 2 - 1)
+                errors.append(float((read - target).abs()))
+        return sum(errors) / len(errors), float(t.mean())
+
+    error0, t0 = airlight_error_and_transmission()
+    optimiser, rng = torch.optim.Adam(m.restorer.parameters(), lr=1e-3), torch.Generator().manual_seed(0)
+    for step in range(60):
+        x = crop(step)
+        with torch.no_grad():
+            out = Translations(m.restorer(x), *[None] * 5, [], [], [], [])
+        optimiser.zero_grad()
+        m.rehaze_loss(x, out, rng).backward()
+        optimiser.step()
+    error, t = airlight_error_and_transmission()
+    assert error < 0.5 * error0, (error0, error)
+    assert abs(t - t0) < 0.05, (t0, t)

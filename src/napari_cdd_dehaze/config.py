@@ -53,6 +53,7 @@ class TrainConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 1.0
     lambda_diversity: float = 0.1
+    lambda_rehaze: float = 0.0  # cdd-gan, scattering restorer: re-haze consistency (methods/cdd_gan.py); 0: off
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -95,6 +96,11 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
             (self.airlight == "predicted" or self.output == "scattering",
              f"airlight {self.airlight!r} needs the scattering output, got output {self.output!r}"),
+            (self.lambda_rehaze >= 0, f"lambda_rehaze must be 0 or positive, got {self.lambda_rehaze}"),
+            (self.lambda_rehaze == 0 or (self.method == "cdd-gan" and self.output == "scattering"
+                                         and self.airlight == "predicted"),
+             "lambda_rehaze needs method cdd-gan with the scattering output and a predicted airlight, got "
+             f"method {self.method!r}, output {self.output!r}, airlight {self.airlight!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -349,6 +349,15 @@ class ResnetGenerator(nn.Module):
         out = self.compose(x, self.decode(x, features.pop(), airlight), airlight)
         return out, features
 
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The output of a scattering generator and the transmission and airlight it composed it with."""
+        if self.head is None:
+            raise ValueError("forward_with_maps needs a scattering output head, this generator outputs images")
+        airlight = self.airlight(x)
+        decoded = self.decode(x, self.encoder(x), airlight)
+        t, a = self.scattering_maps(x, decoded, airlight)
+        return self.compose(x, decoded, airlight), t, a
+
     def encode(self, x: torch.Tensor, layers: tuple[int, ...], stop_early: bool = True) -> list[torch.Tensor]:
         """Encoder features at ``layers``; with ``stop_early`` the encoder stops after the last tap.
 

@@ -40,15 +40,21 @@ def test_shipped_recipes_are_valid():
 
 def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     """The suites script writes fixed-density and measured-depth pairs (the same for the same seed) and scores
-    the methods on them and on the validation pairs with the library's evaluation."""
+    the methods on them and on the validation pairs with the library's evaluation; for a pooled-airlight
+    restorer it also reports the airlight it reads on each airlight suite."""
     import json
 
     import numpy as np
+    import pytest
+    import torch
     from skimage.transform import resize
 
     from conftest import to_u8
+    from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
     from napari_cdd_dehaze.image_files import read_image, write_image
+    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
     from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+    from napari_cdd_dehaze.working_scale import haze_at_working_scale
 
     clear = resize(photos["astronaut"], (64, 96), anti_aliasing=True).astype(np.float32)
     for part, image in (("clear", clear), ("hazy", add_haze(clear, ramp_depth(clear.shape[:2]), 1.0))):
@@ -58,16 +64,25 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     write_image(tmp_path / "depth" / "scene" / "rgb.png", to_u8(clear))
     write_image(tmp_path / "depth" / "scene" / "depth_mm.png",
                 np.tile(np.linspace(1000, 5000, 96, dtype=np.uint16), (64, 1)))
+    torch.manual_seed(0)
+    pooled = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze", estimate_size=64, pool_airlight=1))
+    restorer = str(save_restorer(tmp_path / "pooled.safetensors", pooled))
     script = SCRIPT.parent / "validation_suites.py"
     args = ["--pairs", str(tmp_path / "val"), "--depth", str(tmp_path / "depth"), "--method", "identity", "dcp",
-            "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "--count", "1"]
+            restorer, "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "1", "--count", "1"]
     for out in ("a", "b"):
         done = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, check=True)
         assert "fixed-0.5 (1, paired)" in done.stdout and "depth-1 (1, paired)" in done.stdout
     report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())
     sets = {s["name"]: s["means"] for s in report["sets"]}
-    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "depth-1"]
+    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "airlight-1", "depth-1"]
+    read = json.loads((tmp_path / "a" / "report" / "airlight_read.json").read_text())
+    assert list(read) == [restorer] and list(read[restorer]) == ["0.8", "1"]  # the classical methods read none
+    hazy = read_image(tmp_path / "a" / "suites" / "airlight-1" / "hazy" / "000.png")
+    x = torch.from_numpy(hazy.transpose(2, 0, 1) / 255.0).float()[None] * 2 - 1
+    assert read[restorer]["1"] == [pytest.approx(float(haze_at_working_scale(load_restorer(restorer), x)[1]))]
+    assert "A = 0.8" in (tmp_path / "a" / "report" / "airlight_read.md").read_text()
     assert sets["fixed-0.5"]["identity"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]  # denser haze, further off
     assert sets["fixed-2"]["dcp"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]
     for suite, name in (("fixed-2", "000.png"), ("airlight-0.8", "000.png"), ("depth-1", "scene.png")):

@@ -10,7 +10,7 @@ from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
 from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
 from napari_cdd_dehaze.restore import RestoreOptions, restore_array
 from napari_cdd_dehaze.tiling import Cancelled
-from napari_cdd_dehaze.working_scale import shrink, upsample_rows, working_shape
+from napari_cdd_dehaze.working_scale import haze_at_working_scale, shrink, upsample_rows, working_shape
 
 
 def _dehazer(**fields) -> ResnetGenerator:
@@ -133,6 +133,23 @@ def test_a_pooled_airlight_is_one_grey_value_per_image_at_any_size(hazy):
         assert np.abs(out - restore_array(plain, image, RestoreOptions(device="cpu"))).max() > 0.02
     with pytest.raises(ValueError, match="pool_airlight"):
         GeneratorConfig(output="dehaze", pool_airlight=1)  # nothing to pool without a working scale
+
+
+def test_the_haze_read_at_the_working_scale_is_what_the_output_is_composed_with(hazy):
+    """haze_at_working_scale gives the engine's own t and airlight: recomposed, they give restore_array's output."""
+    g = _dehazer(estimate_size=128, pool_airlight=1)
+    crop = hazy[:512, :1024]  # a multiple of 4: the engine pads nothing
+    x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None] * 2 - 1
+    t, a = haze_at_working_scale(g, x)
+    assert t.shape[-2:] == working_shape(512, 1024, 128) and a.shape == (1, 1, 1, 1)
+    f = max(1, 1024 // 128)
+    full_t = upsample_rows(t, 512 // f * f, 1024 // f * f, 0, 512, 1024)
+    expected = (((x + 1) / 2 - a) / full_t + a).clamp(0, 1)[0].numpy().transpose(1, 2, 0)
+    assert np.abs(restore_array(g, crop, RestoreOptions(device="cpu")) - expected).max() < 1e-4
+    small_t, small_a = haze_at_working_scale(g, x[..., :50, :90])  # within the working size: run whole, padded
+    assert small_t.shape[-2:] == (52, 92) and small_a.shape == (1, 1, 1, 1)
+    with pytest.raises(ValueError, match="working size"):
+        haze_at_working_scale(_dehazer(), x)
 
 
 def test_bf16_autocast_estimates_the_maps_close_to_fp32(hazy):

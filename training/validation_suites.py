@@ -11,7 +11,9 @@ the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as `
 * ``fixed-B``: the first ``--count`` clear photos of that set hazed at one density β = B each (``add_haze`` with
   the depth prior, airlight 0.75–1.0 with a ±0.04 tint): how a model does from light to dense haze;
 * ``airlight-A``: the same photos at one density (``--airlight-beta``) under one grey airlight A: whether a
-  model's airlight follows the image or sticks to the middle of the range it was trained on;
+  model's airlight follows the image or sticks to the middle of the range it was trained on. For every learned
+  restorer with one pooled airlight, ``airlight_read.md`` also says which airlight it reads on each of these
+  suites (mean ± spread over the photos), at its working scale: a reader that follows the veil reads A;
 * ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
   ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
   training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
@@ -22,15 +24,20 @@ evaluation sets (``training/README.md``); a change that loses on a suite is wort
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.evaluate import evaluate
 from napari_cdd_dehaze.image_files import read_image, write_image
+from napari_cdd_dehaze.models import load_model
+from napari_cdd_dehaze.networks import ResnetGenerator
 from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth, random_airlight
+from napari_cdd_dehaze.working_scale import haze_at_working_scale
 
 from make_hazy_set import to_u8, unit_rgb  # the training set's own conversions (this folder)
 
@@ -72,6 +79,38 @@ def measured_depth_suites(depth_dir: Path, out: Path, betas: list[float], seed: 
     return suites
 
 
+def airlights_read(methods: list[str], suites: dict[float, Path]) -> dict[str, dict[str, list[float]]]:
+    """Per restorer with one pooled airlight: the airlight it reads on each ``airlight-A`` suite, per image."""
+    read = {}
+    for method in methods:
+        try:
+            model = load_model(method)
+        except Exception:  # noqa: BLE001 — the evaluation above already reported a model that does not load
+            continue
+        if not (isinstance(model, ResnetGenerator) and model.config.pool_airlight):
+            continue
+        read[method] = {}
+        for airlight, folder in suites.items():
+            values = []
+            for path in list_images(folder / "hazy"):
+                unit = unit_rgb(read_image(path))
+                x = torch.from_numpy(np.ascontiguousarray(unit.transpose(2, 0, 1)))[None].float() * 2 - 1
+                values.append(float(haze_at_working_scale(model, x)[1].mean()))
+            read[method][f"{airlight:g}"] = values
+    return read
+
+
+def airlight_table(read: dict[str, dict[str, list[float]]]) -> str:
+    if not read:
+        return "No learned restorer with one pooled airlight among the methods.\n"
+    suites = list(next(iter(read.values())))
+    lines = ["| method | " + " | ".join(f"A = {a}" for a in suites) + " |", "|---" * (len(suites) + 1) + "|"]
+    for method, by_suite in read.items():
+        cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in by_suite.values()]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", required=True, help="paired validation folder (hazy/, clear/)")
@@ -91,13 +130,21 @@ def main() -> int:
     photos = [unit_rgb(read_image(p)) for p in list_images(pairs / "clear")[:args.count]]
     folders = [pairs] + [photo_suite(photos, out / "suites" / f"fixed-{beta:g}", beta, args.seed)
                          for beta in args.betas]
-    folders += [photo_suite(photos, out / "suites" / f"airlight-{a:g}", args.airlight_beta, args.seed, a)
-                for a in args.airlights]
+    airlight_suites = {a: photo_suite(photos, out / "suites" / f"airlight-{a:g}", args.airlight_beta, args.seed, a)
+                       for a in args.airlights}
+    folders += list(airlight_suites.values())
     if args.depth:
         folders += measured_depth_suites(Path(args.depth), out / "suites", args.depth_betas, args.seed)
     report = evaluate(folders, [], args.method, device=args.device, tile=0, log=lambda message: None)
     report.write(out / "report")
     print(report.summary_table())
+    read = airlights_read(args.method, airlight_suites)
+    table = ("# The airlight each restorer reads\n\nMean ± standard deviation over the photos of each "
+             f"`airlight-A` suite (β {args.airlight_beta:g}, grey airlight A) of the one grey airlight the restorer "
+             "composes with, estimated at its working scale.\n\n" + airlight_table(read))
+    (out / "report" / "airlight_read.md").write_text(table)
+    (out / "report" / "airlight_read.json").write_text(json.dumps(read, indent=1))
+    print(table)
     return 0
 
 

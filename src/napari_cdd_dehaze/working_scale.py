@@ -84,6 +84,32 @@ def upsample_rows(maps: torch.Tensor, full_height: int, full_width: int, y0: int
     return rows[..., c0] * (1 - wc) + rows[..., c1] * wc
 
 
+def _scattering_maps(generator: ResnetGenerator, small: torch.Tensor,
+                     autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.autocast(small.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
+    return t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)
+
+
+@torch.inference_mode()
+def haze_at_working_scale(generator: ResnetGenerator, image: torch.Tensor,
+                          size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The transmission and airlight maps that :func:`run_at_working_scale` composes ``image`` (1, C, H, W) in
+    [-1, 1] with, at the working shape (an image within ``size`` at its own, padded to a multiple of 4); ``size``
+    defaults to the generator's ``estimate_size``. With ``pool_airlight`` the airlight is one grey value: what
+    the restorer reads the veil as."""
+    size = size or generator.config.estimate_size
+    if generator.config.output != "dehaze" or not size:
+        raise ValueError("haze_at_working_scale needs a dehazing restorer and a working size "
+                         f"(output {generator.config.output!r}, size {size})")
+    height, width = image.shape[-2:]
+    device = next(generator.parameters()).device
+    small = shrink(lambda y0, y1, x0, x1: image[..., y0:y1, x0:x1], height, width, size, 1 << 24).to(device)
+    if max(height, width) <= size:  # run whole, as the engine does, on a copy padded to a multiple of 4
+        small = F.pad(small, (0, -width % 4, 0, -height % 4), mode="replicate")
+    return _scattering_maps(generator, small, None)
+
+
 @torch.inference_mode()
 def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read: ReadWindow,
                          write: Callable[[int, int, int, int, torch.Tensor], None], height: int, width: int,
@@ -100,9 +126,7 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
     check_stop = check_stop or (lambda: None)
     check_stop()
     small = shrink(read, height, width, size, band_elements).to(device)
-    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
-    t, a = t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)
+    t, a = _scattering_maps(generator, small, autocast_dtype)
     _, covered_h, covered_w = block_cover(height, width, size)  # what the shrunk copy shows
     channels = small.shape[1]
     rows = max(1, band_elements // max(1, channels * width))

@@ -134,10 +134,25 @@ def test_the_rehaze_term_is_logged_and_optimised_only_when_weighted():
     (dict(lambda_rehaze=1.0), "lambda_rehaze needs"),  # the image output has no airlight to read
     (dict(output="scattering", airlight="estimated", lambda_rehaze=1.0), "lambda_rehaze needs"),
     (dict(output="scattering", lambda_rehaze=-1.0), "lambda_rehaze must be"),
+    (dict(output="scattering", lambda_rehaze=1.0, rehaze_airlight=(0.9, 0.8)), "rehaze_airlight must be"),
 ])
 def test_the_rehaze_term_asks_for_a_predicted_airlight(changes, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**changes)
+
+
+def test_the_rehaze_airlight_range_is_drawn_from_and_survives_a_recipe_round_trip():
+    from napari_cdd_dehaze.config import TrainConfig
+
+    m = _scattering_method(lambda_rehaze=1.0, rehaze_airlight=(0.95, 1.0))
+    assert TrainConfig.from_dict(m.config.to_dict()).rehaze_airlight == (0.95, 1.0)
+    drawn = []
+    rng = torch.Generator().manual_seed(3)
+    x = _batch()[0]
+    out = m.translate(x, x)
+    for _ in range(3):  # the target airlight lies in the range: a reader stuck at ~0.82 misses it by > 0.1
+        drawn.append(m.rehaze_loss(x, out, rng).item())
+    assert all(d > 0.1 for d in drawn), drawn
 
 
 def test_the_rehaze_term_teaches_the_restorer_to_read_an_airlight_without_lifting_its_transmission():

@@ -54,6 +54,7 @@ class TrainConfig:
     lambda_identity: float = 1.0
     lambda_diversity: float = 0.1
     lambda_rehaze: float = 0.0  # cdd-gan, scattering restorer: re-haze consistency (methods/cdd_gan.py); 0: off
+    rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -72,6 +73,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        self.rehaze_airlight = tuple(float(a) for a in self.rehaze_airlight)
         self.nce_layers = tuple(int(i) for i in self.nce_layers)
         self.validate()
 
@@ -97,6 +99,8 @@ class TrainConfig:
             (self.airlight == "predicted" or self.output == "scattering",
              f"airlight {self.airlight!r} needs the scattering output, got output {self.output!r}"),
             (self.lambda_rehaze >= 0, f"lambda_rehaze must be 0 or positive, got {self.lambda_rehaze}"),
+            (len(self.rehaze_airlight) == 2 and 0 < self.rehaze_airlight[0] < self.rehaze_airlight[1] <= 1,
+             f"rehaze_airlight must be two values 0 < low < high <= 1, got {self.rehaze_airlight}"),
             (self.lambda_rehaze == 0 or (self.method == "cdd-gan" and self.output == "scattering"
                                          and self.airlight == "predicted"),
              "lambda_rehaze needs method cdd-gan with the scattering output and a predicted airlight, got "
@@ -126,6 +130,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"], d["nce_layers"] = list(self.betas), list(self.nce_layers)
+        d["rehaze_airlight"] = list(self.rehaze_airlight)
         return d
 
     @classmethod

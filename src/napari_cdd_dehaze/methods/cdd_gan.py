@@ -43,11 +43,6 @@ class ContrastPairs:
     generator: NegativeGenerator
 
 
-# The grey airlights of the re-haze term (:meth:`CDDGAN.rehaze_loss`): wider than the training synthesis's
-# 0.7–1.0 (training/make_hazy_set.py), so the restorer learns to read the veil rather than a range.
-REHAZE_AIRLIGHT = (0.6, 1.0)
-
-
 class CDDGAN(CycleContrastMethod):
     name = "cdd-gan"
 
@@ -178,7 +173,7 @@ class CDDGAN(CycleContrastMethod):
         """Re-haze consistency: the restorer must read back an airlight it did not choose.
 
         Its output J = G(x) on a hazy batch is hazed again with G's own transmission t of x and a grey airlight
-        A* drawn uniformly from :data:`REHAZE_AIRLIGHT`, I* = J·t + A*·(1 − t), and G's airlight of I* must be
+        A* drawn uniformly from ``rehaze_airlight``, I* = J·t + A*·(1 − t), and G's airlight of I* must be
         A* (mean absolute difference). The target is made from unpaired hazy images alone. Why: the unpaired
         terms cannot tell a bright veil from a bright scene, and a pooled airlight trained on them alone
         settled near the middle of the training range on every input (training/README.md, "Working scale and
@@ -189,7 +184,7 @@ class CDDGAN(CycleContrastMethod):
         b = degraded.shape[0]
         with torch.no_grad(), self._autocast():
             _, transmission, _ = self.restorer.forward_with_maps(degraded)
-        low, high = REHAZE_AIRLIGHT
+        low, high = self.config.rehaze_airlight
         draws = torch.rand(b * self.replicas.world_size, 1, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
         airlight = (low + (high - low) * draws).to(degraded.device)
         scene = out.fake_clean.detach().float()

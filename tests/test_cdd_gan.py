@@ -193,3 +193,85 @@ def test_the_rehaze_term_teaches_the_restorer_to_read_an_airlight_without_liftin
     error, t = airlight_error_and_transmission()
     assert error < 0.5 * error0, (error0, error)
     assert abs(t - t0) < 0.05, (t0, t)
+
+
+def test_the_haze_cycle_term_is_logged_and_in_the_optimised_sum():
+    m = _method(lambda_rehaze_cycle=2.0)  # any output: it needs no maps, only a restorer
+    losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    c = m.config
+    assert set(losses) == LOGGED | {"rehaze_cycle"} and losses["rehaze_cycle"] > 0
+    expected = (c.lambda_gan * losses["gan"] + c.lambda_nce * losses["nce"] + c.lambda_cycle * losses["cycle"]
+                + c.lambda_identity * losses["identity"] + c.lambda_rehaze_cycle * losses["rehaze_cycle"])
+    assert losses["generators"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lambda_rehaze_cycle=-1.0), "lambda_rehaze_cycle must be"),
+    (dict(method="dcd-gan", negatives="internal", lambda_rehaze_cycle=1.0), "lambda_rehaze_cycle needs"),
+    (dict(lambda_rehaze_cycle=1.0, rehaze_power=(1.0, 0.5)), "rehaze_power must be"),
+])
+def test_the_haze_cycle_term_checks_its_recipe(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**changes)
+
+
+def test_the_haze_cycle_power_range_survives_a_recipe_round_trip():
+    from napari_cdd_dehaze.config import TrainConfig
+
+    config = tiny_config(lambda_rehaze_cycle=1.0, rehaze_power=(0.5, 0.75))
+    assert TrainConfig.from_dict(config.to_dict()).rehaze_power == (0.5, 0.75)
+
+
+def test_the_dark_channel_transmission_reads_the_haze_it_was_given():
+    """On a photo hazed with a known depth ramp, the torch DCP transmission is low where the haze is dense."""
+    import numpy as np
+    from skimage import data
+
+    from napari_cdd_dehaze.networks import dark_channel_transmission
+    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+
+    photo = data.astronaut()[::4, ::4] / 255.0
+    depth = ramp_depth(photo.shape[:2], 0.1, 1.0)
+    hazy = add_haze(photo, depth, beta=1.5, airlight=0.9)
+    t = dark_channel_transmission(torch.from_numpy(np.asarray(hazy)).float().permute(2, 0, 1)[None])[0, 0].numpy()
+    true = np.exp(-1.5 * depth)
+    assert t.min() >= 0.1 and t.max() <= 1
+    assert t[:32].mean() < t[-32:].mean() - 0.2  # the far top is hazier than the near bottom
+    assert np.abs(t - true).mean() < 0.15, np.abs(t - true).mean()
+
+
+def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaze():
+    """Trained on the haze cycle alone, a restorer that starts near the identity (t ≈ 0.95) removes the haze
+    of a photo it never sees clean: the identity does not satisfy the term, unlike the re-haze with G's own t."""
+    import numpy as np
+    from skimage import data
+
+    from napari_cdd_dehaze.methods.common import Translations
+    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+
+    m = _method(output="scattering", dark_patch=15, lambda_rehaze_cycle=1.0)
+    with torch.no_grad():
+        m.restorer.head[1].bias[0] = 3.0
+    photo = data.astronaut()[::4, ::4] / 255.0
+    hazy = add_haze(photo, ramp_depth(photo.shape[:2], 0.3, 1.0), beta=1.2, airlight=0.85)
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float().permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
+    hazy, clear = as_tensor(hazy), as_tensor(photo)
+
+    def error_and_transmission():
+        with torch.no_grad():
+            out, t, _ = m.restorer.forward_with_maps(hazy)
+        return float(((out - clear) ** 2).mean()), float(t.mean())
+
+    error0, t0 = error_and_transmission()
+    optimiser, rng = torch.optim.Adam(m.restorer.parameters(), lr=1e-3), torch.Generator().manual_seed(0)
+    for step in range(80):
+        i, j = torch.randint(0, 80, (2,), generator=torch.Generator().manual_seed(step))
+        x = hazy[..., i:i + 48, j:j + 48]
+        with torch.no_grad():
+            out = Translations(m.restorer(x), *[None] * 5, [], [], [], [])
+        optimiser.zero_grad()
+        m.rehaze_cycle_loss(x, out, rng).backward()
+        optimiser.step()
+    error, t = error_and_transmission()
+    assert error < 0.6 * error0, (error0, error)
+    assert t < t0 - 0.15, (t0, t)

@@ -55,6 +55,8 @@ class TrainConfig:
     lambda_diversity: float = 0.1
     lambda_rehaze: float = 0.0  # cdd-gan, scattering restorer: re-haze consistency (methods/cdd_gan.py); 0: off
     rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
+    lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
+    rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -74,6 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.rehaze_airlight = tuple(float(a) for a in self.rehaze_airlight)
+        self.rehaze_power = tuple(float(p) for p in self.rehaze_power)
         self.nce_layers = tuple(int(i) for i in self.nce_layers)
         self.validate()
 
@@ -105,6 +108,12 @@ class TrainConfig:
                                          and self.airlight == "predicted"),
              "lambda_rehaze needs method cdd-gan with the scattering output and a predicted airlight, got "
              f"method {self.method!r}, output {self.output!r}, airlight {self.airlight!r}"),
+            (self.lambda_rehaze_cycle >= 0,
+             f"lambda_rehaze_cycle must be 0 or positive, got {self.lambda_rehaze_cycle}"),
+            (self.lambda_rehaze_cycle == 0 or self.method == "cdd-gan",
+             f"lambda_rehaze_cycle needs method cdd-gan, got {self.method!r}"),
+            (len(self.rehaze_power) == 2 and 0 < self.rehaze_power[0] <= self.rehaze_power[1],
+             f"rehaze_power must be two values 0 < low <= high, got {self.rehaze_power}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -131,6 +140,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"], d["nce_layers"] = list(self.betas), list(self.nce_layers)
         d["rehaze_airlight"] = list(self.rehaze_airlight)
+        d["rehaze_power"] = list(self.rehaze_power)
         return d
 
     @classmethod

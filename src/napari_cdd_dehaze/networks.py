@@ -150,6 +150,19 @@ def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIR
     return unit.flatten(2)[torch.arange(unit.shape[0]), :, brightest][..., None, None]
 
 
+def dark_channel_transmission(unit: torch.Tensor, patch: int = 15, omega: float = 0.95,
+                              radius: int = 15) -> torch.Tensor:
+    """He et al.'s transmission of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, 1, H, W) in [0.1, 1].
+
+    1 − ω·(dark channel of I/A) with :func:`estimate_airlight`'s A, refined by the guided filter on the
+    grey image: a haze map that follows the scene's edges and owes nothing to a trained network.
+    """
+    airlight = estimate_airlight(unit, patch).clamp_min(1e-3)
+    darkest = (unit / airlight).amin(dim=1, keepdim=True)
+    dark = -F.max_pool2d(-darkest, patch, stride=1, padding=patch // 2)
+    return guided_filter(luminance(unit), 1 - omega * dark, radius).clamp(0.1, 1)
+
+
 class InstanceNorm(nn.InstanceNorm2d):
     """InstanceNorm2d (no affine, no running statistics) whose statistics can be recorded and imposed.
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..losses import diversity_loss, negative_adversary_loss, patch_nce_loss
-from ..networks import NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator, init_weights
+from ..networks import (NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator,
+                        dark_channel_transmission, init_weights)
 from .common import CycleContrastMethod, Translations, ema_update, frozen_copy
 
 
@@ -111,6 +112,9 @@ class CDDGAN(CycleContrastMethod):
         if c.lambda_rehaze > 0:
             extra["rehaze"] = self.rehaze_loss(degraded, out, rng)
             loss_generators = loss_generators + c.lambda_rehaze * extra["rehaze"]
+        if c.lambda_rehaze_cycle > 0:
+            extra["rehaze_cycle"] = self.rehaze_cycle_loss(degraded, out, rng)
+            loss_generators = loss_generators + c.lambda_rehaze_cycle * extra["rehaze_cycle"]
         self._update(optimisers["generators"], loss_generators, scalers.get("generators"))
 
         # 4. Momentum heads and the shipped restorer follow the live networks.
@@ -193,6 +197,32 @@ class CDDGAN(CycleContrastMethod):
         with self._autocast():
             _, _, read_airlight = self.restorer.forward_with_maps(rehazed)
         return (read_airlight.float() - airlight).abs().mean()
+
+    def rehaze_cycle_loss(self, degraded: torch.Tensor, out: Translations, rng: torch.Generator) -> torch.Tensor:
+        """Haze cycle: the restorer must take back a haze it did not make, from its own output.
+
+        J = G(x) is hazed again, I* = J·t* + A*·(1 − t*), with a grey airlight A* drawn from
+        ``rehaze_airlight`` and t* = t_DCP(x)^p: He et al.'s dark-channel transmission of the hazy input
+        (guided-filtered, so it follows x's depth edges) raised to a power p drawn from ``rehaze_power``
+        (p < 1: lighter than x's own haze). G(I*) must give back J (L1, J detached). Unlike asking for J
+        back from G's *own* transmission (:meth:`rehaze_loss` explains why that collapses to t = 1), t*
+        owes nothing to G, so the identity does not satisfy it: G must undo exactly the haze that was
+        added, its level (over- and under-dehazing both fail) and its airlight. Hazy images alone make
+        the target; nothing here sees a clean image.
+        """
+        b = degraded.shape[0]
+        with torch.no_grad():
+            prior = dark_channel_transmission((degraded.float() + 1) / 2)
+        draws = torch.rand(b * self.replicas.world_size, 2, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
+        draws = draws.to(degraded.device)
+        (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, self.config.rehaze_power
+        airlight = low_a + (high_a - low_a) * draws[:, :1]
+        transmission = prior ** (low_p + (high_p - low_p) * draws[:, 1:])
+        scene = out.fake_clean.detach().float()
+        rehazed = ((scene + 1) / 2 * transmission + airlight * (1 - transmission)) * 2 - 1
+        with self._autocast():
+            restored = self.restorer(rehazed)
+        return (restored.float() - scene).abs().mean()
 
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         b, k, _ = queries.shape

@@ -146,6 +146,7 @@ def test_load_model_names_and_errors(tmp_path, monkeypatch):
     bundled = load_model("default")
     assert bundled.config.output == "dehaze" and (bundled.config.width, bundled.config.blocks) == (32, 6)
     assert (bundled.config.estimate_size, bundled.config.pool_airlight) == (128, 1)  # its working scale
+    assert bundled.config.guided_upsample == 8
     import napari_cdd_dehaze.models as models
     monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")  # a build without weights
     with pytest.raises(CheckpointError, match="no default model is bundled"):

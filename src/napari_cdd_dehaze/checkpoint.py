@@ -89,8 +89,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
 
 
 RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight",
-                   "estimate_size", "pool_airlight")
-_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size", "pool_airlight")
+                   "estimate_size", "pool_airlight", "guided_upsample")
+_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size", "pool_airlight",
+                   "guided_upsample")
 
 
 def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None = None) -> Path:

@@ -57,6 +57,8 @@ class GeneratorConfig:
     #                           a larger image is shrunk for the estimate and composed at full size (restore.py)
     pool_airlight: int = 0    # with estimate_size: 1 replaces the head's grey airlight map by its mean over the image
     #                           (over the working-scale copy at inference, over each crop in training)
+    guided_upsample: int = 0  # with estimate_size: carry t to full size with a fast guided filter of this radius
+    #                           (working-scale pixels; the input's grey as guide); 0 = bilinear (working_scale.py)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -81,6 +83,9 @@ class GeneratorConfig:
         if self.pool_airlight not in (0, 1) or (self.pool_airlight and not self.estimate_size):
             raise ValueError(f"pool_airlight must be 0 or 1, and 1 only with an estimate_size, "
                              f"got {self.pool_airlight}")
+        if self.guided_upsample < 0 or (self.guided_upsample and not self.estimate_size):
+            raise ValueError(f"guided_upsample must be 0 or a positive radius, and positive only with an "
+                             f"estimate_size, got {self.guided_upsample}")
 
     @property
     def head_reach(self) -> int:
@@ -116,11 +121,20 @@ def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: f
     The same filter as :func:`napari_cdd_dehaze.classical.guided_filter`: per window a linear fit
     source ≈ a·guide + b (ridge ``eps``), the coefficients averaged over the windows holding each pixel.
     """
+    slope, offset = guided_coefficients(guide, source, radius, eps)
+    return slope * guide.float() + offset
+
+
+def guided_coefficients(guide: torch.Tensor, source: torch.Tensor, radius: int,
+                        eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided filter's averaged coefficients (slope, offset), each (B, 1, H, W): the filtered source is
+    ``slope * guide + offset``. Computed on a shrunk copy and resized, they carry a coarse map to full size
+    along the full-size guide's edges (He & Sun's fast guided filter; :mod:`~napari_cdd_dehaze.working_scale`)."""
     guide, source = guide.float(), source.float()
     mean_g, mean_s = box_mean(guide, radius), box_mean(source, radius)
     a = (box_mean(guide * source, radius) - mean_g * mean_s) / (box_mean(guide * guide, radius) - mean_g ** 2 + eps)
     b = mean_s - a * mean_g
-    return box_mean(a, radius) * guide + box_mean(b, radius)
+    return box_mean(a, radius), box_mean(b, radius)
 
 
 LUMINANCE = (0.299, 0.587, 0.114)  # the guide's grey, as in He et al.'s code (classical.py uses it too)

@@ -6,10 +6,13 @@ with texture. A scattering restorer trained on photos of about 500 pixels sees h
 in training. So a restorer with ``estimate_size`` (a :class:`~napari_cdd_dehaze.networks.GeneratorConfig`
 field, stored with its weights) estimates t and a on a copy of the image shrunk to that long side, upsamples
 the two maps bilinearly, and applies J = (I − a)/t + a to the full-resolution pixels. Detail comes from the
-input, the haze estimate from the scale the network knows. With ``pool_airlight`` the head's grey airlight
-map is replaced by its mean over the image: homogeneous haze has one airlight, and a map lets the head trade
-airlight against transmission from place to place. Measured on validation photos (never on the
-evaluation sets) in ``training/README.md``; it is also far cheaper than a full-resolution pass.
+input, the haze estimate from the scale the network knows. With ``guided_upsample`` t is carried to full
+size along the input's own edges instead (He & Sun's fast guided filter: the coefficients of a local linear
+fit t ≈ slope·grey + offset are computed on the shrunk copy, resized, and applied to the full-size grey),
+so a near object's edge against a far background is not smeared by the coarse map. With ``pool_airlight``
+the head's grey airlight map is replaced by its mean over the image: homogeneous haze has one airlight, and
+a map lets the head trade airlight against transmission from place to place. Measured on validation photos
+(never on the evaluation sets) in ``training/README.md``; it is also far cheaper than a full-resolution pass.
 
 Memory stays bounded by a band, as in the streamed engine: the shrunk copy is built from row bands (block
 averaging by an integer factor, then an antialiased resize of the small result), and the output is composed
@@ -23,7 +26,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import MIN_SIDE, ResnetGenerator
+from .networks import MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, guided_coefficients, luminance
+
+GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -127,6 +132,9 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
     check_stop()
     small = shrink(read, height, width, size, band_elements).to(device)
     t, a = _scattering_maps(generator, small, autocast_dtype)
+    radius = generator.config.guided_upsample
+    if radius:  # t = slope·grey + offset, the two fitted at the working scale and resized: edges from the input
+        t = torch.cat(guided_coefficients(luminance((small.float() + 1) / 2), t, radius, GUIDED_UPSAMPLE_EPS), 1)
     _, covered_h, covered_w = block_cover(height, width, size)  # what the shrunk copy shows
     channels = small.shape[1]
     rows = max(1, band_elements // max(1, channels * width))
@@ -136,6 +144,8 @@ def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read:
         y1 = min(y0 + rows, height)
         unit = (read(y0, y1, 0, width).to(device).float() + 1) / 2
         tb = upsample_rows(t, covered_h, covered_w, y0, y1, width)
+        if radius:
+            tb = (tb[:, :1] * luminance(unit) + tb[:, 1:]).clamp(MIN_TRANSMISSION, 1)
         ab = a if a.shape[-2:] == (1, 1) else upsample_rows(a, covered_h, covered_w, y0, y1, width)
         write(y0, y1, 0, width, ((unit - ab) / tb + ab).clamp(0, 1) * 2 - 1)
         if progress is not None:

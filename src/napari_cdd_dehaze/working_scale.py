@@ -102,7 +102,8 @@ def haze_at_working_scale(generator: ResnetGenerator, image: torch.Tensor,
     """The transmission and airlight maps that :func:`run_at_working_scale` composes ``image`` (1, C, H, W) in
     [-1, 1] with, at the working shape (an image within ``size`` at its own, padded to a multiple of 4); ``size``
     defaults to the generator's ``estimate_size``. With ``pool_airlight`` the airlight is one grey value: what
-    the restorer reads the veil as."""
+    the restorer reads the veil as. With ``guided_upsample`` t is the head's, before the guided fit that carries
+    it to full size."""
     size = size or generator.config.estimate_size
     if generator.config.output != "dehaze" or not size:
         raise ValueError("haze_at_working_scale needs a dehazing restorer and a working size "

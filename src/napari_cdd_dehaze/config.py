@@ -35,8 +35,9 @@ class TrainConfig:
     #                              al.'s estimate from its input, instead of predicting a grey one per pixel
     estimate_size: int = 0  # scattering restorer, at inference: long side at which t and a are estimated (0: full)
     pool_airlight: int = 0  # with estimate_size: 1 = one grey airlight per image, the mean of the head's map
-    guided_upsample: int = 0  # with estimate_size: t carried to full size by a fast guided filter of this radius
     #                         (per training crop too: the restorer trains as it runs)
+    guided_upsample: int = 0  # with estimate_size, at inference only: t carried to full size by a fast guided
+    #                           filter of this radius (working-scale pixels) instead of a bilinear resize
     disc_width: int = 64
     # data
     crop: int = 256
@@ -177,8 +178,7 @@ PRESETS: dict[str, dict] = {
     # weights that let it learn (see that file), and how it runs (estimate_size, pool_airlight, guided_upsample:
     # the haze estimated on a 128-pixel copy, one airlight per image, t carried to full size along the image's
     # edges; the pooling acts on training crops as well, which it did not when the shipped weights were trained:
-    # see that file). Finetuning the default model with this
-    # preset continues its recipe.
+    # see that file). Finetuning the default model with this preset continues its recipe.
     "default": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=1600,
                     disc_width=32, checkpoint_every=200, output="scattering", dark_patch=15, lambda_gan=4.0,
                     lambda_nce=1.0, lambda_cycle=1.0, lambda_identity=0.5, estimate_size=128, pool_airlight=1,

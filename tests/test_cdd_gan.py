@@ -275,3 +275,68 @@ def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaz
     error, t = error_and_transmission()
     assert error < 0.6 * error0, (error0, error)
     assert t < t0 - 0.15, (t0, t)
+
+
+def test_the_dark_match_term_is_logged_and_in_the_optimised_sum():
+    m = _method(lambda_dark_match=3.0)
+    losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
+    c = m.config
+    assert set(losses) == LOGGED | {"dark_match"} and losses["dark_match"] > 0
+    expected = (c.lambda_gan * losses["gan"] + c.lambda_nce * losses["nce"] + c.lambda_cycle * losses["cycle"]
+                + c.lambda_identity * losses["identity"] + c.lambda_dark_match * losses["dark_match"])
+    assert losses["generators"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lambda_dark_match=-0.5), "lambda_dark_match must be"),
+    (dict(method="dcd-gan", negatives="internal", lambda_dark_match=1.0), "lambda_dark_match needs"),
+])
+def test_the_dark_match_term_checks_its_recipe(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**changes)
+
+
+def test_the_dark_match_term_is_the_difference_of_mean_dark_channels():
+    """A uniform grey output of level g against a clean image whose least channel is c everywhere: |g − c|."""
+    from napari_cdd_dehaze.methods.common import Translations
+
+    m = _method(lambda_dark_match=1.0)
+    restored = torch.full((2, 3, 20, 20), 0.6) * 2 - 1
+    clean = torch.stack([torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.7, 0.8, 0.9])])[..., None, None]
+    clean = clean.expand(2, 3, 20, 20) * 2 - 1
+    out = Translations(restored, *[None] * 5, [], [], [], [])
+    assert float(m.dark_match_loss(clean, out)) == pytest.approx((0.4 + 0.1) / 2, abs=1e-6)
+
+
+def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_dehazing_restorer_back():
+    """The term's gradient on the head's transmission bias: a restorer that leaves the haze (t ≈ 0.95 on a
+    hazy photo) is told to lower t, one that over-dehazes (t < 0.2 on a lightly hazy photo) to raise it.
+    The clean images are of *other* scenes. (Alone the term is a global statistic and can be met by any
+    darkening, so it is trained beside the adversarial and cycle terms, never on its own.)"""
+    import numpy as np
+    from skimage import data
+
+    from napari_cdd_dehaze.methods.common import Translations
+    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float().permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
+    photo = data.astronaut()[::4, ::4][:96, :96] / 255.0
+    others = torch.cat([as_tensor(data.coffee()[::4, ::4][:96, :96] / 255.0),
+                        as_tensor(data.chelsea()[::3, ::3][:96, :96] / 255.0)])  # two other clear scenes
+
+    def transmission_gradient(bias, beta):
+        m = _method(output="scattering", dark_patch=15, estimate_size=128, pool_airlight=1, lambda_dark_match=1.0)
+        with torch.no_grad():
+            m.restorer.head[1].bias[0] = bias
+        hazy = as_tensor(add_haze(photo, ramp_depth(photo.shape[:2], 0.3, 1.0), beta=beta, airlight=0.85))
+        hazy = hazy.expand(2, 3, 96, 96)
+        out = Translations(m.restorer(hazy), *[None] * 5, [], [], [], [])
+        m.dark_match_loss(others, out).backward()
+        with torch.no_grad():
+            _, t, _ = m.restorer.forward_with_maps(hazy)
+        return float(m.restorer.head[1].bias.grad[0]), float(t.mean())
+
+    grad, t = transmission_gradient(3.0, beta=1.5)
+    assert t > 0.9 and grad > 0, (t, grad)  # gradient descent lowers the bias, so t
+    grad, t = transmission_gradient(-6.0, beta=0.3)
+    assert t < 0.2 and grad < 0, (t, grad)

@@ -59,6 +59,7 @@ class TrainConfig:
     rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
     lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
     rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
+    lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s mean dark channel against its clean partner's (cdd_gan.py)
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -116,6 +117,9 @@ class TrainConfig:
              f"lambda_rehaze_cycle needs method cdd-gan, got {self.method!r}"),
             (len(self.rehaze_power) == 2 and 0 < self.rehaze_power[0] <= self.rehaze_power[1],
              f"rehaze_power must be two values 0 < low <= high, got {self.rehaze_power}"),
+            (self.lambda_dark_match >= 0, f"lambda_dark_match must be 0 or positive, got {self.lambda_dark_match}"),
+            (self.lambda_dark_match == 0 or self.method == "cdd-gan",
+             f"lambda_dark_match needs method cdd-gan, got {self.method!r}"),
         ]
         for ok, message in checks:
             if not ok:

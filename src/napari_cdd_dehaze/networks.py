@@ -148,6 +148,11 @@ def luminance(unit: torch.Tensor) -> torch.Tensor:
     return unit.mean(dim=1, keepdim=True)
 
 
+def dark_channel(unit: torch.Tensor, patch: int = 15) -> torch.Tensor:
+    """He et al.'s dark channel of (B, C, H, W): (B, 1, H, W), the least channel over a ``patch``² window."""
+    return -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=patch // 2)
+
+
 def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIRLIGHT_FRACTION) -> torch.Tensor:
     """He et al.'s airlight of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, C, 1, 1).
 
@@ -156,7 +161,7 @@ def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIR
     so a streamed pass that finds the same pixel band by band agrees exactly
     (:func:`~napari_cdd_dehaze.streaming.streamed_airlight`).
     """
-    dark = -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=patch // 2).flatten(1)
+    dark = dark_channel(unit, patch).flatten(1)
     count = max(1, math.ceil(fraction * dark.shape[1]))
     threshold = dark.topk(count, dim=1).values[:, -1:]
     brightness = unit.sum(dim=1).flatten(1).masked_fill(dark < threshold, -math.inf)
@@ -172,8 +177,7 @@ def dark_channel_transmission(unit: torch.Tensor, patch: int = 15, omega: float 
     grey image: a haze map that follows the scene's edges and owes nothing to a trained network.
     """
     airlight = estimate_airlight(unit, patch).clamp_min(1e-3)
-    darkest = (unit / airlight).amin(dim=1, keepdim=True)
-    dark = -F.max_pool2d(-darkest, patch, stride=1, padding=patch // 2)
+    dark = dark_channel(unit / airlight, patch)
     return guided_filter(luminance(unit), 1 - omega * dark, radius).clamp(0.1, 1)
 
 

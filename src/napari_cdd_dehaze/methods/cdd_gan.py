@@ -29,8 +29,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..losses import diversity_loss, negative_adversary_loss, patch_nce_loss
-from ..networks import (NegativeGenerator, PatchDiscriminator, ProjectionHeads, ResnetGenerator,
-                        dark_channel_transmission, init_weights)
+from ..networks import (MIN_TRANSMISSION, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
+                        ResnetGenerator, dark_channel, dark_channel_transmission, init_weights)
 from .common import CycleContrastMethod, Translations, ema_update, frozen_copy
 
 
@@ -115,6 +115,9 @@ class CDDGAN(CycleContrastMethod):
         if c.lambda_rehaze_cycle > 0:
             extra["rehaze_cycle"] = self.rehaze_cycle_loss(degraded, out, rng)
             loss_generators = loss_generators + c.lambda_rehaze_cycle * extra["rehaze_cycle"]
+        if c.lambda_dark_match > 0:
+            extra["dark_match"] = self.dark_match_loss(clean, out)
+            loss_generators = loss_generators + c.lambda_dark_match * extra["dark_match"]
         self._update(optimisers["generators"], loss_generators, scalers.get("generators"))
 
         # 4. Momentum heads and the shipped restorer follow the live networks.
@@ -204,7 +207,8 @@ class CDDGAN(CycleContrastMethod):
         J = G(x) is hazed again, I* = J·t* + A*·(1 − t*), with a grey airlight A* drawn from
         ``rehaze_airlight`` and t* = t_DCP(x)^p: He et al.'s dark-channel transmission of the hazy input
         (guided-filtered, so it follows x's depth edges) raised to a power p drawn from ``rehaze_power``
-        (p < 1: lighter than x's own haze). G(I*) must give back J (L1, J detached). Unlike asking for J
+        (p < 1: lighter than x's own haze, p > 1: denser), floored at the restorer's own least transmission
+        so that G can undo it everywhere. G(I*) must give back J (L1, J detached). Unlike asking for J
         back from G's *own* transmission (:meth:`rehaze_loss` explains why that collapses to t = 1), t*
         owes nothing to G, so the identity does not satisfy it: G must undo exactly the haze that was
         added, its level (over- and under-dehazing both fail) and its airlight. Hazy images alone make
@@ -217,12 +221,29 @@ class CDDGAN(CycleContrastMethod):
         draws = draws.to(degraded.device)
         (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, self.config.rehaze_power
         airlight = low_a + (high_a - low_a) * draws[:, :1]
-        transmission = prior ** (low_p + (high_p - low_p) * draws[:, 1:])
+        transmission = (prior ** (low_p + (high_p - low_p) * draws[:, 1:])).clamp_min(MIN_TRANSMISSION)
         scene = out.fake_clean.detach().float()
         rehazed = ((scene + 1) / 2 * transmission + airlight * (1 - transmission)) * 2 - 1
         with self._autocast():
             restored = self.restorer(rehazed)
         return (restored.float() - scene).abs().mean()
+
+    def dark_match_loss(self, clean: torch.Tensor, out: Translations) -> torch.Tensor:
+        """Haze level: each restored image's mean dark channel against that of the clean image beside it.
+
+        The mean dark channel (He et al.'s statistic; ``dark_patch`` window, 15 if unset) is near 0 for a
+        clear scene and rises with haze. On our validation pairs the restorers' outputs kept it near one level
+        whatever the scene: 0.25 on average against the clear photos' 0.17 (spread 0.09), the excess largest
+        where the scene itself is darkest (training/README.md). The target is an *unpaired* clean image, so the
+        term is a per-sample L1 whose minimiser is the median of the clean images' statistic: it pulls the
+        restored images' haze level to that of clear photos, in either direction, and says nothing about
+        where in the image. Gradients reach G through the output, t and a alike.
+        """
+        patch = self.config.dark_patch or 15
+        restored = dark_channel((out.fake_clean.float() + 1) / 2, patch).mean(dim=(1, 2, 3))
+        with torch.no_grad():
+            target = dark_channel((clean.float() + 1) / 2, patch).mean(dim=(1, 2, 3))
+        return (restored - target).abs().mean()
 
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         b, k, _ = queries.shape

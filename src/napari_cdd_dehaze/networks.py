@@ -149,7 +149,8 @@ def luminance(unit: torch.Tensor) -> torch.Tensor:
 
 
 def dark_channel(unit: torch.Tensor, patch: int = 15) -> torch.Tensor:
-    """He et al.'s dark channel of (B, C, H, W): (B, 1, H, W), the least channel over a ``patch``² window."""
+    """He et al.'s dark channel of (B, C, H, W): (B, 1, H, W), the least channel over a ``patch``² window.
+    Max-pooling pads with −inf, so a window at the border sees only real pixels."""
     return -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=patch // 2)
 
 
@@ -301,8 +302,7 @@ class ResnetGenerator(nn.Module):
             darkest = x.amin(dim=1, keepdim=True)
         if not self.config.dark_patch:
             return torch.cat([x, darkest], dim=1)
-        reach = self.config.dark_patch // 2  # max-pooling pads with -inf: the border sees only real pixels
-        dark = -F.max_pool2d(-darkest, self.config.dark_patch, stride=1, padding=reach)
+        dark = dark_channel(darkest, self.config.dark_patch)
         return torch.cat([x, darkest, dark], dim=1)
 
     def compose(self, x: torch.Tensor, decoded: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:

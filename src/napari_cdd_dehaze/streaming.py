@@ -34,10 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .networks import AIRLIGHT_FRACTION, InstanceNorm, ResidualBlock, ResnetGenerator
+from .networks import AIRLIGHT_FRACTION, InstanceNorm, ResidualBlock, ResnetGenerator, dark_channel
 
 Rows = Callable[[int, int], torch.Tensor]  # (y0, y1) → (1, C, y1 - y0, W) float32 on the compute device
 
@@ -243,7 +242,7 @@ def streamed_airlight(image: Rows, height: int, width: int, patch: int, band_row
         y1 = min(y0 + band_rows, height)
         s, e = max(0, y0 - reach), min(height, y1 + reach)
         unit = (image(s, e).float() + 1) / 2
-        dark = -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=reach)
+        dark = dark_channel(unit, patch)
         dark, unit = dark[0, 0, y0 - s:y1 - s].flatten().cpu(), unit[0, :, y0 - s:y1 - s].flatten(1).cpu()
         dark_kept = torch.cat([dark_kept, dark])
         index_kept = torch.cat([index_kept, torch.arange(y0 * width, y1 * width)])

@@ -281,17 +281,20 @@ def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaz
 @pytest.mark.parametrize("changes, message", [
     (dict(lambda_dark_match=-0.5), "lambda_dark_match must be"),
     (dict(method="dcd-gan", negatives="internal", lambda_dark_match=1.0), "lambda_dark_match needs"),
+    (dict(lambda_dark_match=1.0, dark_match_statistic="median"), "dark_match_statistic must be"),
 ])
 def test_the_dark_match_term_checks_its_recipe(changes, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**changes)
 
 
-def test_the_dark_match_term_is_the_difference_of_mean_dark_channels():
-    """A uniform grey output of level g against a clean image whose least channel is c everywhere: |g − c|."""
+@pytest.mark.parametrize("statistic", ["mean", "distribution"])
+def test_the_dark_match_term_is_the_difference_of_mean_dark_channels(statistic):
+    """A uniform grey output of level g against a clean image whose least channel is c everywhere: |g − c|
+    (for constant images every quantile is the mean)."""
     from napari_cdd_dehaze.methods.common import Translations
 
-    m = _method(lambda_dark_match=1.0)
+    m = _method(lambda_dark_match=1.0, dark_match_statistic=statistic)
     restored = torch.full((2, 3, 20, 20), 0.6) * 2 - 1
     clean = torch.stack([torch.tensor([0.2, 0.5, 0.9]), torch.tensor([0.7, 0.8, 0.9])])[..., None, None]
     clean = clean.expand(2, 3, 20, 20) * 2 - 1
@@ -299,7 +302,24 @@ def test_the_dark_match_term_is_the_difference_of_mean_dark_channels():
     assert float(m.dark_match_loss(clean, out)) == pytest.approx((0.4 + 0.1) / 2, abs=1e-6)
 
 
-def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_dehazing_restorer_back():
+def test_the_dark_match_distribution_sees_a_veil_that_the_mean_does_not():
+    """An output veiled to one level (0.3 everywhere) against a clear scene that is half black, half light
+    (0 and 0.6): equal means, so the mean statistic sees nothing; their quantiles differ by 0.3 at every level."""
+    from napari_cdd_dehaze.methods.common import Translations
+
+    restored = torch.full((1, 3, 20, 20), 0.3) * 2 - 1
+    clean = torch.zeros(1, 3, 20, 20)
+    clean[..., 10:] = 0.6
+    out = Translations(restored, *[None] * 5, [], [], [], [])
+    for statistic, expected in [("mean", 0.0), ("distribution", 0.3)]:
+        m = _method(output="scattering", lambda_dark_match=1.0, dark_patch=1, dark_match_statistic=statistic)
+        assert float(m.dark_match_loss(clean * 2 - 1, out)) == pytest.approx(expected, abs=1e-6), statistic
+        smaller = clean[..., ::2, :]  # a clean image of another size: its quantiles at the output's ranks
+        assert float(m.dark_match_loss(smaller * 2 - 1, out)) == pytest.approx(expected, abs=2e-3), statistic
+
+
+@pytest.mark.parametrize("statistic", ["mean", "distribution"])
+def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_dehazing_restorer_back(statistic):
     """The term's gradient on the head's transmission bias: a restorer that leaves the haze (t ≈ 0.95 on a
     hazy photo) is told to lower t, one that over-dehazes (t < 0.2 on a lightly hazy photo) to raise it.
     The clean images are of *other* scenes. (Alone the term is a global statistic and can be met by any
@@ -316,7 +336,8 @@ def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_deha
                         as_tensor(data.chelsea()[::3, ::3][:96, :96] / 255.0)])  # two other clear scenes
 
     def transmission_gradient(bias, beta):
-        m = _method(output="scattering", dark_patch=15, estimate_size=128, pool_airlight=1, lambda_dark_match=1.0)
+        m = _method(output="scattering", dark_patch=15, estimate_size=128, pool_airlight=1, lambda_dark_match=1.0,
+                    dark_match_statistic=statistic)
         with torch.no_grad():
             m.restorer.head[1].bias[0] = bias
         hazy = as_tensor(add_haze(photo, ramp_depth(photo.shape[:2], 0.3, 1.0), beta=beta, airlight=0.85))

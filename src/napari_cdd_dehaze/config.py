@@ -59,7 +59,8 @@ class TrainConfig:
     rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
     lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
     rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
-    lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s mean dark channel against its clean partner's (cdd_gan.py)
+    lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s dark channel against its clean partner's (cdd_gan.py)
+    dark_match_statistic: str = "mean"  # compare their means, or their whole "distribution" (quantiles)
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -120,6 +121,8 @@ class TrainConfig:
             (self.lambda_dark_match >= 0, f"lambda_dark_match must be 0 or positive, got {self.lambda_dark_match}"),
             (self.lambda_dark_match == 0 or self.method == "cdd-gan",
              f"lambda_dark_match needs method cdd-gan, got {self.method!r}"),
+            (self.dark_match_statistic in ("mean", "distribution"),
+             f"dark_match_statistic must be 'mean' or 'distribution', got {self.dark_match_statistic!r}"),
         ]
         for ok, message in checks:
             if not ok:

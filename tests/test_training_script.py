@@ -39,7 +39,7 @@ def test_shipped_recipes_are_valid():
 
 
 def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
-    """The suites script writes fixed-density and measured-depth pairs (the same for the same seed) and scores
+    """The suites script writes fixed-density, dimmed and measured-depth pairs (the same for the same seed) and scores
     the methods on them and on the validation pairs with the library's evaluation; for a pooled-airlight
     restorer it also reports the airlight it reads on each airlight suite."""
     import json
@@ -76,7 +76,7 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
         assert "fixed-0.5 (1, paired)" in done.stdout and "depth-1 (1, paired)" in done.stdout
     report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())
     sets = {s["name"]: s["means"] for s in report["sets"]}
-    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "airlight-1", "depth-1"]
+    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "airlight-1", "dim-0.5", "depth-1"]
     read = json.loads((tmp_path / "a" / "report" / "airlight_read.json").read_text())
     assert list(read) == [restorer] and list(read[restorer]) == ["0.8", "1"]  # the classical methods read none
     hazy = read_image(tmp_path / "a" / "suites" / "airlight-1" / "hazy" / "000.png")
@@ -85,6 +85,10 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     assert "A = 0.8" in (tmp_path / "a" / "report" / "airlight_read.md").read_text()
     assert sets["fixed-0.5"]["identity"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]  # denser haze, further off
     assert sets["fixed-2"]["dcp"]["psnr"] > sets["fixed-2"]["identity"]["psnr"]
-    for suite, name in (("fixed-2", "000.png"), ("airlight-0.8", "000.png"), ("depth-1", "scene.png")):
+    dim_clear, lit_clear = (read_image(tmp_path / "a" / "suites" / s / "clear" / "000.png").astype(float)
+                            for s in ("dim-0.5", "fixed-2"))
+    assert np.abs(dim_clear - lit_clear / 2).max() <= 1  # the same photo at half the light (8-bit rounding)
+    for suite, name in (("fixed-2", "000.png"), ("airlight-0.8", "000.png"), ("dim-0.5", "000.png"),
+                        ("depth-1", "scene.png")):
         first, second = (read_image(tmp_path / out / "suites" / suite / "hazy" / name) for out in "ab")
         assert np.array_equal(first, second)  # deterministic for a seed

@@ -3,7 +3,7 @@
     python training/validation_suites.py --pairs DATA/val --depth SHARED/train/depth --out runs/suites \\
         --method default dcp cap runs/a/restorer.safetensors runs/b/restorer.safetensors
 
-Four kinds of suite, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
+Five kinds of suite, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
 the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as ``cdd-dehaze eval``):
 
 * ``val``: the paired validation set as it is (``make_hazy_set.py --holdout``: the training synthesis on
@@ -14,6 +14,9 @@ the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as `
   model's airlight follows the image or sticks to the middle of the range it was trained on. For every learned
   restorer with one pooled airlight, ``airlight_read.md`` also says which airlight it reads on each of these
   suites (mean ± spread over the photos), at its working scale: a reader that follows the veil reads A;
+* ``dim-D``: the same photos at ``--dim-beta``, their light scaled by D before the haze (a scene lit D times as
+  brightly under the same veil, as indoors): whether a model reads the haze level apart from the scene's
+  brightness. Our restorers' outputs kept more haze the darker the scene was (``training/README.md``);
 * ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
   ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
   training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
@@ -122,6 +125,9 @@ def main() -> int:
     parser.add_argument("--airlights", type=float, nargs="*", default=[0.7, 1.0],
                         help="grey airlights of the airlight-A suites (the fixed-density photos at --airlight-beta)")
     parser.add_argument("--airlight-beta", type=float, default=1.5)
+    parser.add_argument("--dims", type=float, nargs="*", default=[0.5],
+                        help="light factors of the dim-D suites (the fixed-density photos, scaled, at --dim-beta)")
+    parser.add_argument("--dim-beta", type=float, default=1.0)
     parser.add_argument("--count", type=int, default=12, help="photos of the fixed-density suites")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -133,6 +139,8 @@ def main() -> int:
     airlight_suites = {a: photo_suite(photos, out / "suites" / f"airlight-{a:g}", args.airlight_beta, args.seed, a)
                        for a in args.airlights}
     folders += list(airlight_suites.values())
+    folders += [photo_suite([photo * dim for photo in photos], out / "suites" / f"dim-{dim:g}", args.dim_beta,
+                            args.seed) for dim in args.dims]
     if args.depth:
         folders += measured_depth_suites(Path(args.depth), out / "suites", args.depth_betas, args.seed)
     report = evaluate(folders, [], args.method, device=args.device, tile=0, log=lambda message: None)

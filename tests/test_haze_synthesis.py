@@ -80,3 +80,31 @@ def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):
         hazy = read_image(out / "val" / "hazy" / f"{name}.png").astype(np.float32) / 255
         truth = read_image(out / "val" / "clear" / f"{name}.png").astype(np.float32) / 255
         assert np.abs(hazy - truth).mean() < 0.25 * np.abs(1 - truth).mean() + 0.02
+
+
+def test_make_hazy_set_dims_the_training_scenes_and_keeps_the_haze_and_the_validation_pairs(tmp_path, photos):
+    """``--light`` scales the clean photos and the degraded scenes (before the haze) by factors in its range;
+    the haze drawn for each image and the validation pairs are those of a run without it."""
+    clear = tmp_path / "clear"
+    for i in range(12):
+        name, image = list(photos.items())[i % len(photos)]
+        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
+    script = str(ROOT / "training" / "make_hazy_set.py")
+    for out, extra in (("plain", []), ("dim", ["--light", "0.4", "0.6"])):
+        run = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / out),
+                              "--holdout", "20", "--beta", "0.1", "0.2", *extra],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    load = lambda path: read_image(path).astype(np.float32)  # noqa: E731
+    for part in ("val/hazy", "val/clear"):
+        for path in (tmp_path / "plain" / part).glob("*.png"):
+            assert np.array_equal(load(path), load(tmp_path / "dim" / part / path.name))
+    for path in (tmp_path / "plain" / "clean").glob("*.png"):
+        ratio = load(tmp_path / "dim" / "clean" / path.name).sum() / load(path).sum()
+        assert 0.39 < ratio < 0.61, ratio
+    for path in (tmp_path / "plain" / "degraded").glob("*.png"):
+        plain, dim = load(path), load(tmp_path / "dim" / "degraded" / path.name)
+        assert 0.4 * plain.sum() < dim.sum() < 0.8 * plain.sum()  # the scene dimmer, the light veil as it was
+    bad = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / "bad"),
+                          "--light", "0", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--light must be" in bad.stderr

@@ -10,6 +10,11 @@
 * ``--holdout P`` sets about P % of the photos aside (again by hash) as a paired validation set,
   ``DATA/val/hazy`` and ``DATA/val/clear``, seen by neither domain: the place to choose a checkpoint
   without touching the held-out evaluation images.
+* ``--light MIN MAX`` scales each training image's light by a factor drawn uniformly in that range, the
+  clean photos as they are copied and the degraded ones *before* the haze (a scene lit less brightly under
+  the same veil, as indoors). Without it, a restorer sees dim scenes under haze never, and its discriminator
+  has only well-lit photos to call clean; the validation pairs keep their light. The factors come from a
+  generator of their own, so the haze drawn for each image is the same with or without ``--light``.
 * Deterministic for a given ``--seed``. Images are written as PNG; the long side is capped at ``--max-side``.
 """
 from __future__ import annotations
@@ -59,10 +64,19 @@ def main() -> int:
                              "0.1 keeps 90 %% of the far light, light haze)")
     parser.add_argument("--airlight", type=float, nargs=2, default=(0.7, 1.0), metavar=("MIN", "MAX"),
                         help="grey level of the airlight, drawn uniformly (each channel then tinted by ±0.04)")
+    parser.add_argument("--light", type=float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
+                        help="factor on each training image's light, drawn uniformly (default 1 1: unchanged)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not 0 < args.light[0] <= args.light[1] <= 1:
+        parser.error(f"--light must be two factors 0 < MIN <= MAX <= 1, got {args.light}")
 
     rng = np.random.default_rng(args.seed)
+    light_rng = np.random.default_rng([args.seed, 1])  # its own stream: the haze draws do not depend on --light
+
+    def lit(image: np.ndarray) -> np.ndarray:
+        return image * np.float32(light_rng.uniform(*args.light)) if tuple(args.light) != (1.0, 1.0) else image
+
     out = Path(args.out)
     counts = {"degraded": 0, "clean": 0, "val": 0, "skipped": 0}
     for path in list_images(args.clear):
@@ -82,11 +96,11 @@ def main() -> int:
             counts["val"] += 1
             continue
         if not to_haze:
-            write_image(out / "clean" / f"{name}.png", to_u8(photo))
+            write_image(out / "clean" / f"{name}.png", to_u8(lit(photo)))
             counts["clean"] += 1
             continue
         for v in range(args.versions):
-            hazy = haze_with_depth(photo, depth_prior(photo, rng), rng, args.beta, args.airlight)
+            hazy = haze_with_depth(lit(photo), depth_prior(photo, rng), rng, args.beta, args.airlight)
             write_image(out / "degraded" / f"{name}_h{v}.png", to_u8(hazy))
             counts["degraded"] += 1
     for scene in sorted(Path(args.depth).iterdir()) if args.depth else []:
@@ -94,7 +108,7 @@ def main() -> int:
         depth = measured_depth(read_image(scene / "depth_mm.png"))
         for v in range(args.versions):
             write_image(out / "degraded" / f"middlebury_{scene.name}_h{v}.png",
-                        to_u8(haze_with_depth(photo, depth, rng, args.beta, args.airlight)))
+                        to_u8(haze_with_depth(lit(photo), depth, rng, args.beta, args.airlight)))
             counts["degraded"] += 1
     print(f"{out}: {counts['degraded']} hazy, {counts['clean']} clean, {counts['val']} validation pairs, "
           f"{counts['skipped']} skipped")

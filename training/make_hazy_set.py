@@ -75,7 +75,7 @@ def main() -> int:
     light_rng = np.random.default_rng([args.seed, 1])  # its own stream: the haze draws do not depend on --light
 
     def lit(image: np.ndarray) -> np.ndarray:
-        return image * np.float32(light_rng.uniform(*args.light)) if tuple(args.light) != (1.0, 1.0) else image
+        return image * np.float32(light_rng.uniform(*args.light))  # the default (1, 1) leaves it as it is
 
     out = Path(args.out)
     counts = {"degraded": 0, "clean": 0, "val": 0, "skipped": 0}

@@ -352,3 +352,26 @@ def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_deha
     assert t > 0.9 and grad > 0, (t, grad)  # gradient descent lowers the bias, so t
     grad, t = transmission_gradient(-6.0, beta=0.3)
     assert t < 0.2 and grad < 0, (t, grad)
+
+
+def test_a_relative_clean_critic_does_not_see_the_light_of_a_scene():
+    """With ``clean_critic_sees: relative`` the clean critic's verdict on a photo and on the same photo at half
+    the light is the same, and so is the generator's adversarial loss; the default critic tells them apart."""
+    from napari_cdd_dehaze.methods.common import Translations
+
+    scene = (_batch()[1] + 1) / 2
+    dim = scene * 0.5
+    as_signed = lambda unit: unit * 2 - 1  # noqa: E731
+    for sees, same in (("relative", True), ("image", False)):
+        m = _method(clean_critic_sees=sees)
+        bright_verdict, dim_verdict = m.judge_clean(as_signed(scene)), m.judge_clean(as_signed(dim))
+        assert torch.allclose(bright_verdict, dim_verdict, atol=1e-5) == same, sees
+        with torch.no_grad():  # the restored scene at either light; the degraded critic's input stays as it is
+            losses = [float(m.adversarial_loss(Translations(as_signed(s), as_signed(scene), *[None] * 4,
+                                                            [], [], [], []))) for s in (scene, dim)]
+        assert (losses[0] == pytest.approx(losses[1], abs=1e-5)) == same, sees
+
+
+def test_the_clean_critic_view_is_checked():
+    with pytest.raises(ValueError, match="clean_critic_sees must be"):
+        tiny_config(clean_critic_sees="exposure")

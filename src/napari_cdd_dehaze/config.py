@@ -49,6 +49,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     decay_from: float = 0.5     # fraction of ``steps`` after which the learning rate decays linearly to 0
     gan_mode: str = "lsgan"
+    clean_critic_sees: str = "image"  # or "relative": each image over its own mean light (methods/common.py)
     # objective weights
     lambda_gan: float = 1.0
     lambda_nce: float = 2.0
@@ -90,6 +91,8 @@ class TrainConfig:
             (self.method != "dcd-gan" or self.negatives == "internal",
              f"dcd-gan has no negative generators: negatives must be 'internal', got {self.negatives!r}"),
             (self.gan_mode in GAN_MODES, f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}"),
+            (self.clean_critic_sees in ("image", "relative"),
+             f"clean_critic_sees must be 'image' or 'relative', got {self.clean_critic_sees!r}"),
             (self.negatives in NEGATIVE_MODES, f"negatives must be one of {NEGATIVE_MODES}, got {self.negatives!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.crop >= 16 and self.crop % 4 == 0, f"crop must be a multiple of 4 and at least 16, got {self.crop}"),

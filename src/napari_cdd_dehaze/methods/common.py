@@ -128,14 +128,27 @@ class CycleContrastMethod(nn.Module):
         """Both critics on real images and on detached outputs, mean of the two."""
         mode = self.config.gan_mode
         return 0.5 * (
-            discriminator_loss(self.critic_clean(clean), self.critic_clean(out.fake_clean.detach()), mode)
+            discriminator_loss(self.judge_clean(clean), self.judge_clean(out.fake_clean.detach()), mode)
             + discriminator_loss(self.critic_degraded(degraded), self.critic_degraded(out.fake_degraded.detach()),
                                  mode))
 
     def adversarial_loss(self, out: Translations) -> torch.Tensor:
         mode = self.config.gan_mode
-        return 0.5 * (generator_adversarial_loss(self.critic_clean(out.fake_clean), mode)
+        return 0.5 * (generator_adversarial_loss(self.judge_clean(out.fake_clean), mode)
                       + generator_adversarial_loss(self.critic_degraded(out.fake_degraded), mode))
+
+    def judge_clean(self, images: torch.Tensor) -> torch.Tensor:
+        """The clean-domain critic's verdict on ``images`` (B, C, H, W) in [−1, 1].
+
+        With ``clean_critic_sees: relative`` it sees each image's intensities over their own mean, minus 1:
+        a scene at half the light looks the same to it, so it judges contrast and colour, not exposure. A
+        critic that sees the light pulls the restored scenes' brightness towards that of its clean photos
+        whatever the input, which leaves the veil on dim hazy scenes (training/README.md, "Dim scenes").
+        """
+        if self.config.clean_critic_sees == "relative":
+            unit = (images + 1) / 2
+            images = unit / unit.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3) - 1
+        return self.critic_clean(images)
 
     @staticmethod
     def cycle_loss(out: Translations, degraded: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

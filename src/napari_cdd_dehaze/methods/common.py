@@ -141,9 +141,9 @@ class CycleContrastMethod(nn.Module):
         """The clean-domain critic's verdict on ``images`` (B, C, H, W) in [−1, 1].
 
         With ``clean_critic_sees: relative`` it sees each image's intensities over their own mean, minus 1:
-        a scene at half the light looks the same to it, so it judges contrast and colour, not exposure. A
-        critic that sees the light pulls the restored scenes' brightness towards that of its clean photos
-        whatever the input, which leaves the veil on dim hazy scenes (training/README.md, "Dim scenes").
+        a scene at half the light looks the same to it, so it judges contrast and colour, not exposure. Tried
+        against the too-bright outputs on dim hazy scenes, it did not fix them (training/README.md, "Dim
+        scenes under haze"): their brightness does not come from what this critic sees alone.
         """
         if self.config.clean_critic_sees == "relative":
             unit = (images + 1) / 2

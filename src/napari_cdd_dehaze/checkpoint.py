@@ -89,7 +89,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
 
 
 RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight",
-                   "estimate_size", "pool_airlight", "guided_upsample")
+                   "estimate_size", "pool_airlight", "guided_upsample", "dark_target")
+_FLOAT_FIELDS = ("dark_target",)
 _INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size", "pool_airlight",
                    "guided_upsample")
 
@@ -208,7 +209,8 @@ def restorer_config(metadata: dict[str, str], file: Path) -> GeneratorConfig:
     try:
         fields = {k: metadata[k] for k in ("channels", "width", "blocks")}
         fields |= {k: metadata[k] for k in RESTORER_FIELDS if k in metadata}
-        return GeneratorConfig(**{k: int(v) if k in _INTEGER_FIELDS else v for k, v in fields.items()})
+        return GeneratorConfig(**{k: int(v) if k in _INTEGER_FIELDS else float(v) if k in _FLOAT_FIELDS else v
+                                  for k, v in fields.items()})
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
 

@@ -38,6 +38,8 @@ class TrainConfig:
     #                         (per training crop too: the restorer trains as it runs)
     guided_upsample: int = 0  # with estimate_size, at inference only: t carried to full size by a fast guided
     #                           filter of this radius (working-scale pixels) instead of a bilinear resize
+    dark_target: float = 0.0  # with estimate_size, at inference only: each image's haze density rescaled so the
+    #                           output's 5 % dark-channel quantile meets this value (0: the head's t as it is)
     disc_width: int = 64
     # data
     crop: int = 256
@@ -147,7 +149,8 @@ class TrainConfig:
                                airlight=self.airlight if role == "restore" else "predicted",  # haze invents its own
                                estimate_size=self.estimate_size if role == "restore" else 0,
                                pool_airlight=self.pool_airlight if role == "restore" else 0,
-                               guided_upsample=self.guided_upsample if role == "restore" else 0)
+                               guided_upsample=self.guided_upsample if role == "restore" else 0,
+                               dark_target=self.dark_target if role == "restore" else 0.0)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -59,6 +59,9 @@ class GeneratorConfig:
     #                           (over the working-scale copy at inference, over each crop in training)
     guided_upsample: int = 0  # with estimate_size: carry t to full size with a fast guided filter of this radius
     #                           (working-scale pixels; the input's grey as guide); 0 = bilinear (working_scale.py)
+    dark_target: float = 0.0  # with estimate_size: rescale the haze density of each image (t → t**s) so that the
+    #                           output's low dark-channel quantile at the working scale meets this value (that of
+    #                           clear photos); 0 = the head's t as it is (working_scale.py, calibrate_density)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -86,6 +89,9 @@ class GeneratorConfig:
         if self.guided_upsample < 0 or (self.guided_upsample and not self.estimate_size):
             raise ValueError(f"guided_upsample must be 0 or a positive radius, and positive only with an "
                              f"estimate_size, got {self.guided_upsample}")
+        if not 0 <= self.dark_target < 1 or (self.dark_target and not self.estimate_size):
+            raise ValueError(f"dark_target must be in [0, 1), and above 0 only with an estimate_size, "
+                             f"got {self.dark_target}")
 
     @property
     def head_reach(self) -> int:

@@ -108,12 +108,13 @@ def calibrate_density(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor, targ
     quantile (:func:`output_dark_quantile`) meets ``target``; ``unit`` (B, C, h, w) is the working-scale input
     in [0, 1], t and a the head's maps.
 
-    Why: the restorer learnt the shape of haze well but its density poorly where a scene's light is unlike the
-    photos it was trained on (a dim scene under a bright veil came out with half the veil left). Clear photos
-    have a dark channel near 0 in their darkest parts whatever their light (He et al.'s prior); matching a low
-    quantile rather than the mean leaves bright, textureless content alone. A lower quantile falls as s rises
-    (J moves away from a where the input is darker than the veil), so s is found by bisection on log s; where
-    even the range's end cannot meet the target, the end is taken.
+    Why it was built: on our validation suites the restorers left half the veil on a dim scene under a bright
+    one. Clear photos have a dark channel near 0 in their darkest parts whatever their light (He et al.'s
+    prior); matching a low quantile rather than the mean leaves bright, textureless content alone. A lower
+    quantile falls as s rises (J moves away from a where the input is darker than the veil), so s is found by
+    bisection on log s; where even the range's end cannot meet the target, the end is taken. What it did: on
+    those suites it gained (the dim scene by about 3 dB); on the held-out evaluation sets it lost on every
+    paired set for every model tried (``training/README.md``), so no shipped model uses it.
     """
     t = t.clamp(min=MIN_TRANSMISSION)
     low, high = (torch.full(unit.shape[:1], math.log(v), device=unit.device) for v in DENSITY_SCALES)

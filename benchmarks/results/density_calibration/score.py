@@ -1,4 +1,5 @@
-"""python score.py OUT.json model... : mean PSNR per suite for each model under several calibration modes."""
+"""python score.py OUT.json [--second] model... : mean PSNR per suite for each model under several calibration modes
+(the first grid: quantile, target and range of s; --second: the grid of r2.json, with s**k for k 0.5 and 1)."""
 import sys, json, math, time
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -13,12 +14,18 @@ torch.set_num_threads(2)
 SUITES = {'val': Path('/work/data/haze-v2/val')}
 SUITES.update({p.name: p for p in sorted(Path('/work/exp/s14/suites/suites').iterdir())})
 MODES = {'none': None}
-for q, tgt in [(0.01, 0.032), (0.05, 0.045), (0.05, 0.06), (0.1, 0.06)]:
-    for lo, hi in [(0.5, 3.0), (1.0, 3.0)]:
-        MODES[f'q{q}-t{tgt}-s{lo}-{hi}'] = (q, tgt, 2, lo, hi)
+if '--second' in sys.argv:
+    sys.argv.remove('--second')
+    for q, tgt in [(0.05, 0.045), (0.05, 0.068), (0.1, 0.059)]:
+        for k in [0.5, 1.0]:
+            MODES[f'q{q}-t{tgt}-k{k}'] = (q, tgt, 2, 0.5, 3.0, k)
+else:
+    for q, tgt in [(0.01, 0.032), (0.05, 0.045), (0.05, 0.06), (0.1, 0.06)]:
+        for lo, hi in [(0.5, 3.0), (1.0, 3.0)]:
+            MODES[f'q{q}-t{tgt}-s{lo}-{hi}'] = (q, tgt, 2, lo, hi, 1.0)
 
 def choose_s(su, t, a, mode):
-    q, target, r, lo, hi = mode
+    q, target, r, lo, hi, _ = mode
     def stat(s):
         J = ((su - a) / t ** s + a).clamp(0, 1)
         return torch.quantile(dark(J, r).flatten(), q).item()
@@ -38,7 +45,7 @@ def outputs(g, img):
     t = t.clamp(min=MIN_TRANSMISSION); su = (small.float() + 1) / 2; unit = (full + 1) / 2
     _, ch, cw = block_cover(H, W, 128)
     for name, mode in MODES.items():
-        s = choose_s(su, t, a, mode) if mode else 1.0
+        s = choose_s(su, t, a, mode) ** mode[5] if mode else 1.0
         coef = torch.cat(guided_coefficients(luminance(su), t ** s, 8, GUIDED_UPSAMPLE_EPS), 1)
         tb = upsample_rows(coef, ch, cw, 0, H, W)
         tb = (tb[:, :1] * luminance(unit) + tb[:, 1:]).clamp(MIN_TRANSMISSION, 1)

@@ -195,7 +195,7 @@ def test_the_rehaze_term_teaches_the_restorer_to_read_an_airlight_without_liftin
     assert abs(t - t0) < 0.05, (t0, t)
 
 
-@pytest.mark.parametrize("term", ["rehaze_cycle", "dark_match"])
+@pytest.mark.parametrize("term", ["rehaze_cycle", "hazed_clean", "dark_match"])
 def test_an_optional_term_is_logged_and_in_the_optimised_sum(term):
     m = _method(**{f"lambda_{term}": 2.0})  # any output: neither needs maps, only a restorer
     losses = m.training_step(*_batch(), m.make_optimisers(), torch.Generator().manual_seed(1))
@@ -221,6 +221,8 @@ def test_the_haze_cycle_power_range_survives_a_recipe_round_trip():
 
     config = tiny_config(lambda_rehaze_cycle=1.0, rehaze_power=(0.5, 0.75))
     assert TrainConfig.from_dict(config.to_dict()).rehaze_power == (0.5, 0.75)
+    config = tiny_config(lambda_hazed_clean=1.0, hazed_clean_power=(0.5, 2.0))
+    assert TrainConfig.from_dict(config.to_dict()).hazed_clean_power == (0.5, 2.0)
 
 
 def test_the_dark_channel_transmission_reads_the_haze_it_was_given():
@@ -272,6 +274,70 @@ def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaz
             out = Translations(m.restorer(x), *[None] * 5, [], [], [], [])
         optimiser.zero_grad()
         m.rehaze_cycle_loss(x, out, rng).backward()
+        optimiser.step()
+    error, t = error_and_transmission()
+    assert error < 0.6 * error0, (error0, error)
+    assert t < t0 - 0.15, (t0, t)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(lambda_hazed_clean=-1.0), "lambda_hazed_clean must be"),
+    (dict(method="dcd-gan", negatives="internal", lambda_hazed_clean=1.0), "lambda_hazed_clean needs"),
+    (dict(lambda_hazed_clean=1.0, hazed_clean_power=(2.0, 0.5)), "hazed_clean_power must be"),
+])
+def test_the_haze_transplant_term_checks_its_recipe(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**changes)
+
+
+def test_the_dark_channel_transmission_can_follow_another_images_edges():
+    """Refined on another image's grey, the map keeps the hazy image's density and takes the guide's edges."""
+    from napari_cdd_dehaze.networks import dark_channel_transmission
+
+    hazy = torch.full((1, 3, 64, 64), 0.5)
+    hazy[..., :32, :] = 0.85  # a denser haze over the top half
+    hazy[..., 40:44, :] = 0.05  # and a dark object in the near half
+    guide = torch.zeros(1, 3, 64, 64)
+    guide[..., :, 32:] = 1.0  # the guide's edge runs down the middle
+    own, guided = dark_channel_transmission(hazy), dark_channel_transmission(hazy, guide=guide)
+    assert guided[..., :20, :].mean() < guided[..., 48:, :].mean() - 0.1  # density layout kept
+    assert abs(float(guided.mean()) - float(own.mean())) < 0.05
+    across = lambda t: float((t[..., 48:, 33] - t[..., 48:, 30]).abs().mean())  # noqa: E731
+    assert across(guided) > across(own)
+
+
+def test_the_haze_transplant_alone_teaches_a_restorer_near_the_identity_to_dehaze():
+    """Trained on the haze transplant alone, with hazy images of one photo and clean crops of *other* photos,
+    a restorer that starts near the identity (t ≈ 0.95) removes the haze of the hazy photo, whose clear
+    version it never sees."""
+    import numpy as np
+    from skimage import data
+
+    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+
+    m = _method(output="scattering", dark_patch=15, lambda_hazed_clean=1.0)
+    with torch.no_grad():
+        m.restorer.head[1].bias[0] = 3.0
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float().permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
+    photo = data.astronaut()[::4, ::4] / 255.0
+    hazy = as_tensor(add_haze(photo, ramp_depth(photo.shape[:2], 0.3, 1.0), beta=1.2, airlight=0.85))
+    clear = as_tensor(photo)
+    others = torch.cat([as_tensor(data.coffee()[::3, ::3][:128, :128] / 255.0),
+                        as_tensor(data.chelsea()[::2, ::2][:128, :128] / 255.0)])
+
+    def error_and_transmission():
+        with torch.no_grad():
+            out, t, _ = m.restorer.forward_with_maps(hazy)
+        return float(((out - clear) ** 2).mean()), float(t.mean())
+
+    error0, t0 = error_and_transmission()
+    optimiser, rng = torch.optim.Adam(m.restorer.parameters(), lr=1e-3), torch.Generator().manual_seed(0)
+    for step in range(80):
+        i, j, u, v = torch.randint(0, 80, (4,), generator=torch.Generator().manual_seed(step))
+        x = hazy[..., i:i + 48, j:j + 48].expand(2, -1, -1, -1)
+        y = others[..., u:u + 48, v:v + 48]
+        optimiser.zero_grad()
+        m.hazed_clean_loss(x, y, rng).backward()
         optimiser.step()
     error, t = error_and_transmission()
     assert error < 0.6 * error0, (error0, error)

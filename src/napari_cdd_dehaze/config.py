@@ -62,6 +62,8 @@ class TrainConfig:
     rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
     lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
     rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
+    lambda_hazed_clean: float = 0.0  # cdd-gan: restore clean photos hazed with the hazy batch's classical t
+    hazed_clean_power: tuple[float, float] = (0.2, 1.0)  # ... raised to a power drawn here (> 1: denser than x's)
     lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s dark channel against its clean partner's (cdd_gan.py)
     dark_match_statistic: str = "mean"  # compare their means, or their whole "distribution" (quantiles)
     # contrastive terms
@@ -84,6 +86,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         self.rehaze_airlight = tuple(float(a) for a in self.rehaze_airlight)
         self.rehaze_power = tuple(float(p) for p in self.rehaze_power)
+        self.hazed_clean_power = tuple(float(p) for p in self.hazed_clean_power)
         self.nce_layers = tuple(int(i) for i in self.nce_layers)
         self.validate()
 
@@ -123,6 +126,11 @@ class TrainConfig:
              f"lambda_rehaze_cycle needs method cdd-gan, got {self.method!r}"),
             (len(self.rehaze_power) == 2 and 0 < self.rehaze_power[0] <= self.rehaze_power[1],
              f"rehaze_power must be two values 0 < low <= high, got {self.rehaze_power}"),
+            (self.lambda_hazed_clean >= 0, f"lambda_hazed_clean must be 0 or positive, got {self.lambda_hazed_clean}"),
+            (self.lambda_hazed_clean == 0 or self.method == "cdd-gan",
+             f"lambda_hazed_clean needs method cdd-gan, got {self.method!r}"),
+            (len(self.hazed_clean_power) == 2 and 0 < self.hazed_clean_power[0] <= self.hazed_clean_power[1],
+             f"hazed_clean_power must be two values 0 < low <= high, got {self.hazed_clean_power}"),
             (self.lambda_dark_match >= 0, f"lambda_dark_match must be 0 or positive, got {self.lambda_dark_match}"),
             (self.lambda_dark_match == 0 or self.method == "cdd-gan",
              f"lambda_dark_match needs method cdd-gan, got {self.method!r}"),
@@ -157,6 +165,7 @@ class TrainConfig:
         d["betas"], d["nce_layers"] = list(self.betas), list(self.nce_layers)
         d["rehaze_airlight"] = list(self.rehaze_airlight)
         d["rehaze_power"] = list(self.rehaze_power)
+        d["hazed_clean_power"] = list(self.hazed_clean_power)
         return d
 
     @classmethod

@@ -177,15 +177,16 @@ def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIR
 
 
 def dark_channel_transmission(unit: torch.Tensor, patch: int = 15, omega: float = 0.95,
-                              radius: int = 15) -> torch.Tensor:
+                              radius: int = 15, guide: torch.Tensor | None = None) -> torch.Tensor:
     """He et al.'s transmission of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, 1, H, W) in [0.1, 1].
 
     1 − ω·(dark channel of I/A) with :func:`estimate_airlight`'s A, refined by the guided filter on the
-    grey image: a haze map that follows the scene's edges and owes nothing to a trained network.
+    grey image: a haze map that follows the scene's edges and owes nothing to a trained network. ``guide``
+    (B, C, H, W) in [0, 1] refines it on another image's grey instead, so the map follows that image's edges.
     """
     airlight = estimate_airlight(unit, patch).clamp_min(1e-3)
     dark = dark_channel(unit / airlight, patch)
-    return guided_filter(luminance(unit), 1 - omega * dark, radius).clamp(0.1, 1)
+    return guided_filter(luminance(unit if guide is None else guide), 1 - omega * dark, radius).clamp(0.1, 1)
 
 
 class InstanceNorm(nn.InstanceNorm2d):

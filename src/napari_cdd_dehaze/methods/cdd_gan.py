@@ -115,6 +115,9 @@ class CDDGAN(CycleContrastMethod):
         if c.lambda_rehaze_cycle > 0:
             extra["rehaze_cycle"] = self.rehaze_cycle_loss(degraded, out, rng)
             loss_generators = loss_generators + c.lambda_rehaze_cycle * extra["rehaze_cycle"]
+        if c.lambda_hazed_clean > 0:
+            extra["hazed_clean"] = self.hazed_clean_loss(degraded, clean, rng)
+            loss_generators = loss_generators + c.lambda_hazed_clean * extra["hazed_clean"]
         if c.lambda_dark_match > 0:
             extra["dark_match"] = self.dark_match_loss(clean, out)
             loss_generators = loss_generators + c.lambda_dark_match * extra["dark_match"]
@@ -227,6 +230,32 @@ class CDDGAN(CycleContrastMethod):
         with self._autocast():
             restored = self.restorer(rehazed)
         return (restored.float() - scene).abs().mean()
+
+    def hazed_clean_loss(self, degraded: torch.Tensor, clean: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Haze transplant: the restorer must take off a real image's haze laid over a clean photo.
+
+        A clean photo y of the batch is hazed, I* = y·t* + A*·(1 − t*), with t* = t_DCP(x)^p, He et al.'s
+        dark-channel transmission of the hazy image x beside it (where the haze is dense and where light)
+        refined on y's own grey so that it changes at y's edges, p drawn from ``hazed_clean_power`` (> 1:
+        denser than x's own haze) and a grey A* from ``rehaze_airlight``; G(I*) must give back y (L1). The haze
+        cycle asks G to give back its own output J, which may still hold haze, so it rewards taking off *only*
+        the haze that was added; here the target is a photo without haze, so the term asks for all of it, with
+        the haze layout of the degraded domain rather than of a synthesis chosen by hand. The two sets stay
+        unpaired: x only lends its haze field, y has no hazy counterpart in the data.
+        """
+        b = degraded.shape[0]
+        clear = (clean.float() + 1) / 2
+        with torch.no_grad():
+            prior = dark_channel_transmission((degraded.float() + 1) / 2, guide=clear)
+        draws = torch.rand(b * self.replicas.world_size, 2, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
+        draws = draws.to(degraded.device)
+        (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, self.config.hazed_clean_power
+        airlight = low_a + (high_a - low_a) * draws[:, :1]
+        transmission = (prior ** (low_p + (high_p - low_p) * draws[:, 1:])).clamp_min(MIN_TRANSMISSION)
+        hazed = (clear * transmission + airlight * (1 - transmission)) * 2 - 1
+        with self._autocast():
+            restored = self.restorer(hazed)
+        return (restored.float() - clean.float()).abs().mean()
 
     def dark_match_loss(self, clean: torch.Tensor, out: Translations) -> torch.Tensor:
         """Haze level: each restored image's dark channel against that of the clean image beside it.

@@ -217,14 +217,9 @@ class CDDGAN(CycleContrastMethod):
         added, its level (over- and under-dehazing both fail) and its airlight. Hazy images alone make
         the target; nothing here sees a clean image.
         """
-        b = degraded.shape[0]
         with torch.no_grad():
             prior = dark_channel_transmission((degraded.float() + 1) / 2)
-        draws = torch.rand(b * self.replicas.world_size, 2, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
-        draws = draws.to(degraded.device)
-        (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, self.config.rehaze_power
-        airlight = low_a + (high_a - low_a) * draws[:, :1]
-        transmission = (prior ** (low_p + (high_p - low_p) * draws[:, 1:])).clamp_min(MIN_TRANSMISSION)
+        transmission, airlight = self._drawn_haze(prior, self.config.rehaze_power, rng)
         scene = out.fake_clean.detach().float()
         rehazed = ((scene + 1) / 2 * transmission + airlight * (1 - transmission)) * 2 - 1
         with self._autocast():
@@ -243,19 +238,27 @@ class CDDGAN(CycleContrastMethod):
         the haze layout of the degraded domain rather than of a synthesis chosen by hand. The two sets stay
         unpaired: x only lends its haze field, y has no hazy counterpart in the data.
         """
-        b = degraded.shape[0]
         clear = (clean.float() + 1) / 2
         with torch.no_grad():
             prior = dark_channel_transmission((degraded.float() + 1) / 2, guide=clear)
-        draws = torch.rand(b * self.replicas.world_size, 2, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
-        draws = draws.to(degraded.device)
-        (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, self.config.hazed_clean_power
-        airlight = low_a + (high_a - low_a) * draws[:, :1]
-        transmission = (prior ** (low_p + (high_p - low_p) * draws[:, 1:])).clamp_min(MIN_TRANSMISSION)
+        transmission, airlight = self._drawn_haze(prior, self.config.hazed_clean_power, rng)
         hazed = (clear * transmission + airlight * (1 - transmission)) * 2 - 1
         with self._autocast():
             restored = self.restorer(hazed)
         return (restored.float() - clean.float()).abs().mean()
+
+    def _drawn_haze(self, prior: torch.Tensor, power: tuple[float, float],
+                    rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A haze to add, per image of the batch: ``prior`` (B, 1, H, W) raised to a power drawn uniformly from
+        ``power`` and floored at the restorer's least transmission, and a grey airlight drawn from
+        ``rehaze_airlight``, (B, 1, 1, 1). Drawn for the global batch and sliced, as every draw of the step."""
+        b = prior.shape[0]
+        draws = torch.rand(b * self.replicas.world_size, 2, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
+        draws = draws.to(prior.device)
+        (low_a, high_a), (low_p, high_p) = self.config.rehaze_airlight, power
+        airlight = low_a + (high_a - low_a) * draws[:, :1]
+        transmission = (prior ** (low_p + (high_p - low_p) * draws[:, 1:])).clamp_min(MIN_TRANSMISSION)
+        return transmission, airlight
 
     def dark_match_loss(self, clean: torch.Tensor, out: Translations) -> torch.Tensor:
         """Haze level: each restored image's dark channel against that of the clean image beside it.

@@ -1,4 +1,5 @@
-"""python ens.py OUT.json name=m1+m2+m3 ... : mean PSNR per suite of t-ensembles (geometric mean of t, mean of a,
+"""Experiment record (session 16; the paths are the development machine's).
+python ens.py OUT.json name=m1+m2+m3 ... : mean PSNR per suite of t-ensembles (geometric mean of t, mean of a,
 at the working scale, then the shipped guided upsampling). A single model is name=m1. Our suites only."""
 import sys, json, time
 from pathlib import Path

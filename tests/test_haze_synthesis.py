@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_cdd_dehaze.image_files import read_image, write_image
-from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth
+from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, lift_nearest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,17 @@ def test_depth_prior_is_relative_and_far_at_the_top(photo):
     assert depth[: len(depth) // 5].mean() > depth[-len(depth) // 5:].mean() + 0.2
 
 
+def test_lift_nearest_keeps_the_far_point_and_the_order(photo):
+    depth = depth_prior(photo, np.random.default_rng(3))
+    lifted = lift_nearest(depth, 0.7)
+    assert lifted.dtype == np.float32 and lifted.min() >= 0.7 - 1e-6
+    assert lifted.max() == pytest.approx(0.7 + 0.3 * depth.max()) and lifted.max() - lifted.min() < 0.31
+    order = np.argsort(depth, axis=None)
+    assert (np.diff(lifted.ravel()[order]) >= 0).all()  # far stays far
+    with pytest.raises(ValueError, match="fraction of the far depth"):
+        lift_nearest(depth, 1.5)
+
+
 def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):
     clear = tmp_path / "clear"
     for i in range(12):
@@ -108,3 +119,32 @@ def test_make_hazy_set_dims_the_training_scenes_and_keeps_the_haze_and_the_valid
     bad = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / "bad"),
                           "--light", "0", "1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "--light must be" in bad.stderr
+
+
+def test_make_hazy_set_lifts_the_nearest_point_and_keeps_the_other_draws(tmp_path, photos):
+    """``--nearest`` hazes the degraded photos with no clear foreground (more veil, the same airlight and density
+    draws); the clean photos and the validation pairs are those of a run without it."""
+    from napari_cdd_dehaze.synthesis import dark_channel
+
+    clear = tmp_path / "clear"
+    for i in range(12):
+        name, image = list(photos.items())[i % len(photos)]
+        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
+    script = str(ROOT / "training" / "make_hazy_set.py")
+    for out, extra in (("plain", []), ("flat", ["--nearest", "0.6", "0.9"])):
+        run = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / out),
+                              "--holdout", "20", *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    load = lambda path: read_image(path).astype(np.float32) / 255  # noqa: E731
+    for part in ("val/hazy", "val/clear", "clean"):
+        for path in (tmp_path / "plain" / part).glob("*.png"):
+            assert np.array_equal(load(path), load(tmp_path / "flat" / part / path.name))
+    degraded = sorted((tmp_path / "plain" / "degraded").glob("*.png"))
+    assert degraded
+    for path in degraded:
+        plain, flat = load(path), load(tmp_path / "flat" / "degraded" / path.name)
+        rows = len(plain) // 4  # the bottom quarter, the near part of the prior: veiled once lifted
+        assert dark_channel(flat[-rows:]).mean() > dark_channel(plain[-rows:]).mean() + 0.05
+    bad = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / "bad"),
+                          "--nearest", "0.5", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--nearest must be" in bad.stderr

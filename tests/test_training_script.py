@@ -69,14 +69,15 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     restorer = str(save_restorer(tmp_path / "pooled.safetensors", pooled))
     script = SCRIPT.parent / "validation_suites.py"
     args = ["--pairs", str(tmp_path / "val"), "--depth", str(tmp_path / "depth"), "--method", "identity", "dcp",
-            restorer, "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "1", "--count", "1"]
+            restorer, "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "1", "--flat-betas", "2", "--count", "1"]
     for out in ("a", "b"):
         done = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, check=True)
         assert "fixed-0.5 (1, paired)" in done.stdout and "depth-1 (1, paired)" in done.stdout
     report = json.loads((tmp_path / "a" / "report" / "report.json").read_text())
     sets = {s["name"]: s["means"] for s in report["sets"]}
-    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "airlight-1", "dim-0.5", "depth-1"]
+    assert list(sets) == ["val", "fixed-0.5", "fixed-2", "airlight-0.8", "airlight-1", "dim-0.5", "flat-2",
+                          "depth-1"]
     read = json.loads((tmp_path / "a" / "report" / "airlight_read.json").read_text())
     assert list(read) == [restorer] and list(read[restorer]) == ["0.8", "1"]  # the classical methods read none
     hazy = read_image(tmp_path / "a" / "suites" / "airlight-1" / "hazy" / "000.png")
@@ -88,7 +89,10 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     dim_clear, lit_clear = (read_image(tmp_path / "a" / "suites" / s / "clear" / "000.png").astype(float)
                             for s in ("dim-0.5", "fixed-2"))
     assert np.abs(dim_clear - lit_clear / 2).max() <= 1  # the same photo at half the light (8-bit rounding)
+    flat, steep = (read_image(tmp_path / "a" / "suites" / s / "hazy" / "000.png").astype(float) for s in ("flat-2",
+                                                                                                        "fixed-2"))
+    assert flat.mean() > steep.mean() + 5  # the same photo, density and airlight: no clear foreground, more veil
     for suite, name in (("fixed-2", "000.png"), ("airlight-0.8", "000.png"), ("dim-0.5", "000.png"),
-                        ("depth-1", "scene.png")):
+                        ("flat-2", "000.png"), ("depth-1", "scene.png")):
         first, second = (read_image(tmp_path / out / "suites" / suite / "hazy" / name) for out in "ab")
         assert np.array_equal(first, second)  # deterministic for a seed

@@ -15,6 +15,10 @@
   the same veil, as indoors). Without it, a restorer sees dim scenes under haze never, and its discriminator
   has only well-lit photos to call clean; the validation pairs keep their light. The factors come from a
   generator of their own, so the haze drawn for each image is the same with or without ``--light``.
+* ``--nearest MIN MAX`` lifts each degraded photo's depth prior so that its nearest point lies at a fraction
+  of the far one drawn uniformly in that range (``synthesis.lift_nearest``): haze with no clear foreground, as
+  in a room, from the air or into a fog bank, which the prior alone (nearest at 5–35 %) never gives. Its own
+  generator again: the other draws, the measured-depth scenes and the validation pairs are unchanged.
 * Deterministic for a given ``--seed``. Images are written as PNG; the long side is capped at ``--max-side``.
 """
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.image_files import ImageReadError, read_image, write_image
-from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, measured_depth
+from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, lift_nearest, measured_depth
 
 
 def unit_rgb(image: np.ndarray) -> np.ndarray:
@@ -66,13 +70,22 @@ def main() -> int:
                         help="grey level of the airlight, drawn uniformly (each channel then tinted by ±0.04)")
     parser.add_argument("--light", type=float, nargs=2, default=(1.0, 1.0), metavar=("MIN", "MAX"),
                         help="factor on each training image's light, drawn uniformly (default 1 1: unchanged)")
+    parser.add_argument("--nearest", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
+                        help="lift each degraded photo's depth prior so its nearest point lies at this fraction of "
+                             "the far one, drawn uniformly (default 0 0: the prior as it is)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not 0 < args.light[0] <= args.light[1] <= 1:
         parser.error(f"--light must be two factors 0 < MIN <= MAX <= 1, got {args.light}")
+    if not 0 <= args.nearest[0] <= args.nearest[1] < 1:
+        parser.error(f"--nearest must be two fractions 0 <= MIN <= MAX < 1, got {args.nearest}")
 
     rng = np.random.default_rng(args.seed)
     light_rng = np.random.default_rng([args.seed, 1])  # its own stream: the haze draws do not depend on --light
+    lift_rng = np.random.default_rng([args.seed, 2])  # and one for --nearest
+
+    def lifted(depth: np.ndarray) -> np.ndarray:
+        return lift_nearest(depth, lift_rng.uniform(*args.nearest))  # the default (0, 0) leaves it as it is
 
     def lit(image: np.ndarray) -> np.ndarray:
         return image * np.float32(light_rng.uniform(*args.light))  # the default (1, 1) leaves it as it is
@@ -100,7 +113,7 @@ def main() -> int:
             counts["clean"] += 1
             continue
         for v in range(args.versions):
-            hazy = haze_with_depth(lit(photo), depth_prior(photo, rng), rng, args.beta, args.airlight)
+            hazy = haze_with_depth(lit(photo), lifted(depth_prior(photo, rng)), rng, args.beta, args.airlight)
             write_image(out / "degraded" / f"{name}_h{v}.png", to_u8(hazy))
             counts["degraded"] += 1
     for scene in sorted(Path(args.depth).iterdir()) if args.depth else []:

@@ -3,7 +3,7 @@
     python training/validation_suites.py --pairs DATA/val --depth SHARED/train/depth --out runs/suites \\
         --method default dcp cap runs/a/restorer.safetensors runs/b/restorer.safetensors
 
-Five kinds of suite, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
+Six kinds of suite, each a folder of pairs written under ``--out`` (deterministic for a given ``--seed``) and scored by
 the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as ``cdd-dehaze eval``):
 
 * ``val``: the paired validation set as it is (``make_hazy_set.py --holdout``: the training synthesis on
@@ -17,6 +17,9 @@ the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as `
 * ``dim-D``: the same photos at ``--dim-beta``, their light scaled by D before the haze (a scene lit D times as
   brightly under the same veil, as indoors): whether a model reads the haze level apart from the scene's
   brightness. Our restorers' outputs kept more haze the darker the scene was (``training/README.md``);
+* ``flat-B``: the same photos at density B with no clear foreground (``lift_nearest``: the nearest point at
+  ``--flat-nearest`` of the far one, drawn per photo), as in a room, from the air or into a fog bank: haze that
+  lies almost evenly over the frame, where the dark channel prior is at its best;
 * ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
   ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
   training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
@@ -39,7 +42,7 @@ from napari_cdd_dehaze.evaluate import evaluate
 from napari_cdd_dehaze.image_files import read_image, write_image
 from napari_cdd_dehaze.models import load_model
 from napari_cdd_dehaze.networks import ResnetGenerator
-from napari_cdd_dehaze.synthesis import add_haze, depth_prior, measured_depth, random_airlight
+from napari_cdd_dehaze.synthesis import add_haze, depth_prior, lift_nearest, measured_depth, random_airlight
 from napari_cdd_dehaze.working_scale import haze_at_working_scale
 
 from make_hazy_set import to_u8, unit_rgb  # the training set's own conversions (this folder)
@@ -52,16 +55,20 @@ def write_pair(folder: Path, name: str, hazy: np.ndarray, clear: np.ndarray) -> 
 
 
 def photo_suite(photos: list[np.ndarray], folder: Path, beta: float, seed: int,
-                grey_airlight: float | None = None) -> Path:
+                grey_airlight: float | None = None, nearest: tuple[float, float] | None = None) -> Path:
     """``photos`` hazed at density ``beta`` into ``folder``: random airlights (0.75–1.0, tinted) or one grey
-    value. The same seed gives the same depth priors whatever the density or airlight, so suites differ in those
+    value; with ``nearest``, the depth prior lifted so its nearest point lies in that range of the far one. The
+    same seed gives the same depth priors whatever the density, airlight or lift, so suites differ in those
     alone."""
-    rng = np.random.default_rng(seed)
+    rng, lift_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     for index, clear in enumerate(photos):
         airlight = random_airlight(rng, (0.75, 1.0))
         if grey_airlight is not None:
             airlight = (grey_airlight,) * 3
-        write_pair(folder, f"{index:03d}.png", add_haze(clear, depth_prior(clear, rng), beta, airlight), clear)
+        depth = depth_prior(clear, rng)
+        if nearest is not None:
+            depth = lift_nearest(depth, lift_rng.uniform(*nearest))
+        write_pair(folder, f"{index:03d}.png", add_haze(clear, depth, beta, airlight), clear)
     return folder
 
 
@@ -128,6 +135,10 @@ def main() -> int:
     parser.add_argument("--dims", type=float, nargs="*", default=[0.5],
                         help="light factors of the dim-D suites (the fixed-density photos, scaled, at --dim-beta)")
     parser.add_argument("--dim-beta", type=float, default=1.0)
+    parser.add_argument("--flat-betas", type=float, nargs="*", default=[1.0, 2.0],
+                        help="densities of the flat-B suites (the fixed-density photos without a clear foreground)")
+    parser.add_argument("--flat-nearest", type=float, nargs=2, default=(0.5, 0.9), metavar=("MIN", "MAX"),
+                        help="where the nearest point of a flat-B suite's depth lies, as a fraction of the far one")
     parser.add_argument("--count", type=int, default=12, help="photos of the fixed-density suites")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -141,6 +152,8 @@ def main() -> int:
     folders += list(airlight_suites.values())
     folders += [photo_suite([photo * dim for photo in photos], out / "suites" / f"dim-{dim:g}", args.dim_beta,
                             args.seed) for dim in args.dims]
+    folders += [photo_suite(photos, out / "suites" / f"flat-{beta:g}", beta, args.seed, nearest=args.flat_nearest)
+                for beta in args.flat_betas]
     if args.depth:
         folders += measured_depth_suites(Path(args.depth), out / "suites", args.depth_betas, args.seed)
     report = evaluate(folders, [], args.method, device=args.device, tile=0, log=lambda message: None)

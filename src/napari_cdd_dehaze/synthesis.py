@@ -239,6 +239,17 @@ def depth_prior(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(refined, 0, 1).astype(np.float32)
 
 
+def lift_nearest(depth: np.ndarray, nearest: float) -> np.ndarray:
+    """``depth`` (0 near … 1 far) squeezed so that its nearest point lies at ``nearest`` of the far point.
+
+    A room, a scene seen from the air or a view into a fog bank has no clear foreground: the haze lies almost
+    evenly over the frame. ``depth_prior`` always puts the nearest point at 5–35 % of the far one.
+    """
+    if not 0 <= nearest <= 1:
+        raise ValueError(f"nearest must be a fraction of the far depth in [0, 1], got {nearest}")
+    return (nearest + (1 - nearest) * depth).astype(np.float32)
+
+
 def measured_depth(depth_mm: np.ndarray) -> np.ndarray:
     """Metric depth (0 = unknown) → relative depth in [0, 1] of the scene's far point, holes filled."""
     from scipy.ndimage import distance_transform_edt

@@ -69,7 +69,8 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     restorer = str(save_restorer(tmp_path / "pooled.safetensors", pooled))
     script = SCRIPT.parent / "validation_suites.py"
     args = ["--pairs", str(tmp_path / "val"), "--depth", str(tmp_path / "depth"), "--method", "identity", "dcp",
-            restorer, "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "1", "--flat-betas", "2", "--count", "1"]
+            restorer, "--betas", "0.5", "2", "--depth-betas", "1", "--airlights", "0.8", "1", "--flat-betas", "2",
+            "--count", "1"]
     for out in ("a", "b"):
         done = subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / out)],
                               capture_output=True, text=True, check=True)

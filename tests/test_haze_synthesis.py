@@ -48,6 +48,23 @@ def test_the_airlight_is_drawn_from_its_range():
         assert abs(np.mean(grey) - np.mean(airlight_range)) < 0.03
 
 
+def twelve_photos(folder: Path, photos: dict[str, np.ndarray]) -> Path:
+    for i in range(12):
+        name, image = list(photos.items())[i % len(photos)]
+        write_image(folder / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
+    return folder
+
+
+def build_twice(clear: Path, tmp_path: Path, option: list[str], name: str, *common: str) -> str:
+    """``make_hazy_set.py`` on ``clear`` into ``tmp_path/plain`` and, with ``option``, into ``tmp_path/name``."""
+    script = str(ROOT / "training" / "make_hazy_set.py")
+    for out, extra in (("plain", []), (name, option)):
+        run = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / out),
+                              "--holdout", "20", *common, *extra], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+    return script
+
+
 @pytest.fixture
 def photo(photos):
     return next(iter(photos.values()))
@@ -72,10 +89,7 @@ def test_lift_nearest_keeps_the_far_point_and_the_order(photo):
 
 
 def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):
-    clear = tmp_path / "clear"
-    for i in range(12):
-        name, image = list(photos.items())[i % len(photos)]
-        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
+    clear = twelve_photos(tmp_path / "clear", photos)
     out = tmp_path / "set"
     run = subprocess.run([sys.executable, str(ROOT / "training" / "make_hazy_set.py"), "--clear", str(clear),
                           "--out", str(out), "--holdout", "20", "--beta", "0.1", "0.2"],
@@ -96,16 +110,8 @@ def test_make_hazy_set_splits_scenes_and_respects_the_density(tmp_path, photos):
 def test_make_hazy_set_dims_the_training_scenes_and_keeps_the_haze_and_the_validation_pairs(tmp_path, photos):
     """``--light`` scales the clean photos and the degraded scenes (before the haze) by factors in its range;
     the haze drawn for each image and the validation pairs are those of a run without it."""
-    clear = tmp_path / "clear"
-    for i in range(12):
-        name, image = list(photos.items())[i % len(photos)]
-        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
-    script = str(ROOT / "training" / "make_hazy_set.py")
-    for out, extra in (("plain", []), ("dim", ["--light", "0.4", "0.6"])):
-        run = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / out),
-                              "--holdout", "20", "--beta", "0.1", "0.2", *extra],
-                             capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
+    clear = twelve_photos(tmp_path / "clear", photos)
+    script = build_twice(clear, tmp_path, ["--light", "0.4", "0.6"], "dim", "--beta", "0.1", "0.2")
     load = lambda path: read_image(path).astype(np.float32)  # noqa: E731
     for part in ("val/hazy", "val/clear"):
         for path in (tmp_path / "plain" / part).glob("*.png"):
@@ -126,15 +132,8 @@ def test_make_hazy_set_lifts_the_nearest_point_and_keeps_the_other_draws(tmp_pat
     draws); the clean photos and the validation pairs are those of a run without it."""
     from napari_cdd_dehaze.synthesis import dark_channel
 
-    clear = tmp_path / "clear"
-    for i in range(12):
-        name, image = list(photos.items())[i % len(photos)]
-        write_image(clear / f"{name}_{i}.png", (image[::4, ::4] * 255).astype(np.uint8))
-    script = str(ROOT / "training" / "make_hazy_set.py")
-    for out, extra in (("plain", []), ("flat", ["--nearest", "0.6", "0.9"])):
-        run = subprocess.run([sys.executable, script, "--clear", str(clear), "--out", str(tmp_path / out),
-                              "--holdout", "20", *extra], capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr
+    clear = twelve_photos(tmp_path / "clear", photos)
+    script = build_twice(clear, tmp_path, ["--nearest", "0.6", "0.9"], "flat")
     load = lambda path: read_image(path).astype(np.float32) / 255  # noqa: E731
     for part in ("val/hazy", "val/clear", "clean"):
         for path in (tmp_path / "plain" / part).glob("*.png"):

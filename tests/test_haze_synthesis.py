@@ -77,7 +77,7 @@ def test_depth_prior_is_relative_and_far_at_the_top(photo):
     assert depth[: len(depth) // 5].mean() > depth[-len(depth) // 5:].mean() + 0.2
 
 
-def test_lift_nearest_keeps_the_far_point_and_the_order(photo):
+def test_lift_nearest_raises_the_near_end_and_keeps_the_order(photo):
     depth = depth_prior(photo, np.random.default_rng(3))
     lifted = lift_nearest(depth, 0.7)
     assert lifted.dtype == np.float32 and lifted.min() >= 0.7 - 1e-6

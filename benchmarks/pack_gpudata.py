@@ -18,25 +18,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
-from skimage.transform import resize
 
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.image_files import read_image
 
-
-def shrunk_rgb8(image: np.ndarray, side: int) -> np.ndarray:
-    """``image`` as 8-bit RGB with its long side at most ``side`` pixels (area-averaged when shrunk)."""
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    image = image[..., :3]
-    unit = image.astype(np.float32) / (np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0)
-    scale = side / max(unit.shape[:2])
-    if scale < 1:
-        shape = (max(1, round(unit.shape[0] * scale)), max(1, round(unit.shape[1] * scale)))
-        unit = resize(unit, shape, anti_aliasing=True, preserve_range=True)
-    return np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from make_hazy_set import shrink, to_u8, unit_rgb  # noqa: E402  (the training set's own conversions)
 
 
 def pack_folder(source: Path, target: Path, side: int, quality: int) -> tuple[int, int]:
@@ -51,7 +39,7 @@ def pack_folder(source: Path, target: Path, side: int, quality: int) -> tuple[in
             continue
         out = (target / path.relative_to(source)).with_suffix(".jpg")
         out.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(shrunk_rgb8(image, side)).save(out, quality=quality)
+        Image.fromarray(to_u8(shrink(unit_rgb(image), side))).save(out, quality=quality)
         packed += 1
     return packed, skipped
 

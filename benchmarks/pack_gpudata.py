@@ -8,7 +8,8 @@ times that. ``degraded/`` and ``clean/`` are written with each image shrunk so t
 ``--side`` pixels, as JPEG (``--quality``). Recipes that train on 96-128 px crops of images shrunk to
 ``load_size`` lose nothing to this: the shrink they do anyway is far larger. ``val/`` is copied byte for byte
 (its pairs are scored as they are). A file that cannot be read is skipped with a warning, never packed half-made.
-The script stops with an error when the packed set is larger than ``--limit-mb``.
+The script stops with an error when the packed set is larger than ``--limit-mb``, and replaces an existing
+output folder only when it holds an earlier pack (its ``.packed`` marker).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from napari_cdd_dehaze.image_files import read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from make_hazy_set import shrink, to_u8, unit_rgb  # noqa: E402  (the training set's own conversions)
+
+
+PACK_MARKER = ".packed"  # written into every pack: only a folder holding it may be replaced
 
 
 def pack_folder(source: Path, target: Path, side: int, quality: int) -> tuple[int, int]:
@@ -59,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     for part in ("degraded", "clean"):
         if not (args.data / part).is_dir():
             parser.error(f"{args.data / part} is not a folder: expected degraded/ and clean/ under {args.data}")
-    if args.out.exists():
+    if args.out.exists():  # replace an earlier pack, never anything else (a mistyped path loses nothing)
+        if not (args.out / PACK_MARKER).is_file():
+            parser.error(f"{args.out} exists and was not written by this script: choose another output folder")
         shutil.rmtree(args.out)
+    args.out.mkdir(parents=True)
+    (args.out / PACK_MARKER).write_text(f"packed from {args.data.resolve()} at --side {args.side}\n")
     for part in ("degraded", "clean"):
         packed, skipped = pack_folder(args.data / part, args.out / part, args.side, args.quality)
         print(f"{part}: {packed} images packed, {skipped} skipped")

@@ -49,3 +49,9 @@ def test_pack_refuses_a_set_too_large_or_without_its_folders(tmp_path):
     missing = subprocess.run([sys.executable, str(SCRIPT), str(data / "degraded"), str(tmp_path / "q")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "expected degraded/ and clean/" in missing.stderr
+    pack_into = [sys.executable, str(SCRIPT), str(data)]
+    for _ in range(2):  # the second run replaces the first one's pack
+        assert subprocess.run(pack_into + [str(tmp_path / "r")], capture_output=True).returncode == 0
+    not_a_pack = subprocess.run(pack_into + [str(data)], capture_output=True, text=True)
+    assert not_a_pack.returncode == 2 and "was not written by this script" in not_a_pack.stderr
+    assert (data / "degraded" / "a.png").is_file() and (data / "clean" / "c.png").is_file()  # nothing lost

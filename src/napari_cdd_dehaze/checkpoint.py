@@ -89,10 +89,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
 
 
 RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight",
-                   "estimate_size", "pool_airlight", "guided_upsample", "dark_target")
+                   "estimate_size", "pool_airlight", "guided_upsample", "dark_target", "airlight_floor")
 _FLOAT_FIELDS = ("dark_target",)
 _INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size", "pool_airlight",
-                   "guided_upsample")
+                   "guided_upsample", "airlight_floor")
 
 
 def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None = None) -> Path:

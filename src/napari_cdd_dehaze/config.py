@@ -40,6 +40,8 @@ class TrainConfig:
     #                           filter of this radius (working-scale pixels) instead of a bilinear resize
     dark_target: float = 0.0  # with estimate_size, at inference only: each image's haze density rescaled so the
     #                           output's 5 % dark-channel quantile meets this value (0: the head's t as it is)
+    airlight_floor: int = 0  # with estimate_size, at inference only: compose with at least He et al.'s grey airlight
+    #                          (dark channel over this odd window of working-scale pixels), the head's veil kept
     disc_width: int = 64
     # data
     crop: int = 256
@@ -158,7 +160,8 @@ class TrainConfig:
                                estimate_size=self.estimate_size if role == "restore" else 0,
                                pool_airlight=self.pool_airlight if role == "restore" else 0,
                                guided_upsample=self.guided_upsample if role == "restore" else 0,
-                               dark_target=self.dark_target if role == "restore" else 0.0)
+                               dark_target=self.dark_target if role == "restore" else 0.0,
+                               airlight_floor=self.airlight_floor if role == "restore" else 0)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

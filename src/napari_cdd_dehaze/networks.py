@@ -62,6 +62,9 @@ class GeneratorConfig:
     dark_target: float = 0.0  # with estimate_size: rescale the haze density of each image (t → t**s) so that the
     #                           output's low dark-channel quantile at the working scale meets this value (that of
     #                           clear photos); 0 = the head's t as it is (working_scale.py, calibrate_density)
+    airlight_floor: int = 0   # with estimate_size: compose with at least He et al.'s grey airlight of the working-scale
+    #                           copy (dark channel over this odd window), t changed so that the head's veil a·(1 − t)
+    #                           stays as it was; 0 = the head's airlight (working_scale.py, floor_airlight)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -92,6 +95,10 @@ class GeneratorConfig:
         if not 0 <= self.dark_target < 1 or (self.dark_target and not self.estimate_size):
             raise ValueError(f"dark_target must be in [0, 1), and above 0 only with an estimate_size, "
                              f"got {self.dark_target}")
+        floor = self.airlight_floor
+        if floor < 0 or (floor and (floor % 2 == 0 or not self.estimate_size)):
+            raise ValueError(f"airlight_floor must be 0 or an odd window, and above 0 only with an estimate_size, "
+                             f"got {self.airlight_floor}")
 
     @property
     def head_reach(self) -> int:

@@ -115,11 +115,11 @@ class TiledRunner:
     ``scratch_dir``; ``band_elements`` bounds one band. ``should_stop()`` is called before each tile or band;
     when it returns True, :class:`Cancelled` is raised. ``estimate_size`` (a dehazing restorer's working scale,
     :mod:`~napari_cdd_dehaze.working_scale`): an image with a longer side is dehazed from maps estimated on a
-    copy shrunk to it, whatever the other settings (every image, with ``pool_airlight``, ``guided_upsample`` or
-    ``dark_target``, so that all get one airlight, the same guided transmission and the same density
-    calibration). When the device runs out of memory (or a tensor is past a GPU kernel's 32-bit indexing), the
-    tile size is halved (streaming: the stores leave the device, then the band is halved) and the image started
-    again.
+    copy shrunk to it, whatever the other settings (every image, with ``pool_airlight``, ``guided_upsample``,
+    ``dark_target`` or ``airlight_floor``, so that all get one airlight, the same guided transmission, the same
+    density calibration and the same airlight floor). When the device runs out of memory (or a tensor is past a
+    GPU kernel's 32-bit indexing), the tile size is halved (streaming: the stores leave the device, then the band
+    is halved) and the image started again.
     """
 
     def __init__(self, generator: ResnetGenerator, device: torch.device, tile: int | None = None,
@@ -168,7 +168,7 @@ class TiledRunner:
         """
         config = self.generator.config
         if self.estimate_size and (max(height, width) > self.estimate_size or config.pool_airlight
-                                   or config.guided_upsample or config.dark_target):
+                                   or config.guided_upsample or config.dark_target or config.airlight_floor):
             return run_at_working_scale(self.generator, self.device, read, write, height, width, self.estimate_size,
                                         self.band_elements, self.autocast_dtype, self._check_stop, progress)
         if self.tile is None and height * width > self.whole_max_pixels:

@@ -79,7 +79,8 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
 ARCHITECTURE_FIELDS = RESTORER_FIELDS  # what a restorer file records of its network
 # What run folders written before these fields existed hold.
 ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "refine": 0, "airlight": "predicted", "estimate_size": 0,
-                         "pool_airlight": 0, "guided_upsample": 0, "dark_target": 0.0}
+                         "pool_airlight": 0, "guided_upsample": 0, "dark_target": 0.0,
+                         "airlight_floor": 0}
 
 
 def architecture_of(source: str | Path) -> dict:

@@ -52,3 +52,52 @@ def rainy_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
     """Heavy-rain left halves and clear right halves of four photos."""
     return _left_right_halves(photos, tmp_path / "rainy", tmp_path / "clear",
                               lambda image, rng: random_rain(image, rng, heavy=True))
+
+
+def working_scale_dehazer(**fields):
+    """A tiny pooled dehazing restorer with a 64-pixel working scale (seeded), plus any restorer ``fields``."""
+    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
+
+    torch.manual_seed(0)
+    return ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, estimate_size=64,
+                                           pool_airlight=1, **fields)).eval()
+
+
+@pytest.fixture
+def check_inference_field(tmp_path):
+    """``check(field, value, adjust, hazy)``: a working-scale restorer with ``field = value`` dehazes the 96×128
+    ``hazy`` (H, W, 3) with the head's maps passed through ``adjust(small_unit, t, a) -> (t, a)`` (images
+    within the working size too), differs from one without it, carries the field in its file, loads a file
+    written before the field existed with it off, and takes it from a recipe for the restorer only."""
+    from safetensors.torch import save
+
+    from napari_cdd_dehaze import working_scale
+    from napari_cdd_dehaze.checkpoint import load_restorer, read_safetensors, save_restorer
+    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+
+    def check(field: str, value, adjust, hazy: np.ndarray) -> None:
+        g, plain = working_scale_dehazer(**{field: value}), working_scale_dehazer()
+        options = RestoreOptions(device="cpu")
+        x = torch.from_numpy(np.ascontiguousarray(hazy.transpose(2, 0, 1)))[None].float() * 2 - 1
+        with torch.no_grad():
+            small = working_scale.shrink(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], 96, 128, 64, 1 << 24)
+            t, a = adjust((small + 1) / 2, *g.scattering_maps(small, g.decode(small, g.encoder(small))))
+            full_t = working_scale.upsample_rows(t, 96, 128, 0, 96, 128)
+            expected = (((x + 1) / 2 - a) / full_t + a).clamp(0, 1)[0].numpy().transpose(1, 2, 0)
+        out = restore_array(g, hazy, options)
+        assert np.abs(out - expected).max() < 1e-4
+        assert np.abs(restore_array(plain, hazy, options) - out).max() > 0.01
+        within = hazy[:40, :60]  # within the working size: the field applies as well
+        assert np.abs(restore_array(g, within, options) - restore_array(plain, within, options)).max() > 0.01
+        loaded = load_restorer(save_restorer(tmp_path / "r.safetensors", g))
+        assert getattr(loaded.config, field) == value
+        assert np.abs(restore_array(loaded, hazy, options) - out).max() < 1e-6
+        tensors, metadata = read_safetensors(save_restorer(tmp_path / "old.safetensors", g))
+        del metadata[field]  # a file written before the field existed
+        (tmp_path / "old.safetensors").write_bytes(save(tensors, metadata=metadata))
+        assert not getattr(load_restorer(tmp_path / "old.safetensors").config, field)
+        recipe = TrainConfig(output="scattering", estimate_size=64, **{field: value})
+        assert getattr(recipe.generator_config(), field) == value
+        assert not getattr(recipe.generator_config("degrade"), field)
+
+    return check

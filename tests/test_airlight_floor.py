@@ -4,15 +4,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save
 from skimage.transform import resize
 
-from napari_cdd_dehaze import working_scale
-from napari_cdd_dehaze.checkpoint import load_restorer, read_safetensors, save_restorer
-from napari_cdd_dehaze.config import TrainConfig
 from napari_cdd_dehaze.metrics import psnr
-from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, ResnetGenerator, estimate_airlight
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight
 from napari_cdd_dehaze.synthesis import ramp_depth
 from napari_cdd_dehaze.working_scale import floor_airlight
 
@@ -54,41 +49,11 @@ def test_the_floor_keeps_the_veil_and_restores_the_contrast_a_low_airlight_took(
     assert torch.equal(same_a, high) and torch.allclose(same_t, t_true.clamp(MIN_TRANSMISSION, 1), atol=1e-6)
 
 
-def _dehazer(**fields) -> ResnetGenerator:
-    torch.manual_seed(0)
-    return ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, estimate_size=64,
-                                           pool_airlight=1, **fields)).eval()
-
-
-def test_the_engine_composes_with_the_floored_maps_and_the_model_file_keeps_the_window(bright_haze, tmp_path):
-    """A restorer with airlight_floor dehazes with floor_airlight's maps (images within the working size too),
-    carries the window in its file, and old files without the field load with it off."""
-    _, _, hazy_t = bright_haze
-    hazy = hazy_t[0].numpy().transpose(1, 2, 0)
-    g = _dehazer(airlight_floor=3)
-    x = hazy_t * 2 - 1
-    with torch.no_grad():
-        small = working_scale.shrink(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], 96, 128, 64, 1 << 24)
-        t, a = g.scattering_maps(small, g.decode(small, g.encoder(small)))
-        t, a = floor_airlight((small + 1) / 2, t, a, 3)
-        full_t = working_scale.upsample_rows(t, 96, 128, 0, 96, 128)
-        expected = (((x + 1) / 2 - a) / full_t + a).clamp(0, 1)[0].numpy().transpose(1, 2, 0)
-    out = restore_array(g, hazy, RestoreOptions(device="cpu"))
-    assert np.abs(out - expected).max() < 1e-4
-    plain = _dehazer()
-    assert np.abs(restore_array(plain, hazy, RestoreOptions(device="cpu")) - out).max() > 0.01
-    within = hazy[:40, :60]  # within the working size: floored as well
-    assert np.abs(restore_array(g, within, RestoreOptions(device="cpu"))
-                  - restore_array(plain, within, RestoreOptions(device="cpu"))).max() > 0.01
-    loaded = load_restorer(save_restorer(tmp_path / "r.safetensors", g))
-    assert loaded.config.airlight_floor == 3
-    assert np.abs(restore_array(loaded, hazy, RestoreOptions(device="cpu")) - out).max() < 1e-6
-    tensors, metadata = read_safetensors(save_restorer(tmp_path / "old.safetensors", g))
-    del metadata["airlight_floor"]  # a file written before the field existed
-    (tmp_path / "old.safetensors").write_bytes(save(tensors, metadata=metadata))
-    assert load_restorer(tmp_path / "old.safetensors").config.airlight_floor == 0
-    recipe = TrainConfig(output="scattering", estimate_size=64, airlight_floor=3)
-    assert recipe.generator_config().airlight_floor == 3 and recipe.generator_config("degrade").airlight_floor == 0
+def test_the_engine_composes_with_the_floored_maps_and_the_model_file_keeps_the_window(bright_haze,
+                                                                                     check_inference_field):
+    """A restorer with airlight_floor dehazes with floor_airlight's maps (conftest's check_inference_field)."""
+    check_inference_field("airlight_floor", 3, lambda unit, t, a: floor_airlight(unit, t, a, 3),
+                          bright_haze[2][0].numpy().transpose(1, 2, 0))
 
 
 @pytest.mark.parametrize("fields", [dict(airlight_floor=3, estimate_size=0, pool_airlight=0),

@@ -4,15 +4,10 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save
 from skimage.transform import resize
 
-from napari_cdd_dehaze import working_scale
-from napari_cdd_dehaze.checkpoint import load_restorer, read_safetensors, save_restorer
-from napari_cdd_dehaze.config import TrainConfig
 from napari_cdd_dehaze.metrics import psnr
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator, dark_channel
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.networks import GeneratorConfig, dark_channel
 from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
 from napari_cdd_dehaze.working_scale import (DARK_PATCH, DARK_QUANTILE, DENSITY_SCALES, calibrate_density,
                                             output_dark_quantile)
@@ -88,43 +83,11 @@ def test_each_image_gets_its_own_scale_and_the_range_bounds_it(scene):
     assert float(highest) == pytest.approx(DENSITY_SCALES[1], rel=1e-4)
 
 
-def _dehazer(**fields) -> ResnetGenerator:
-    torch.manual_seed(0)
-    return ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, estimate_size=64,
-                                           pool_airlight=1, **fields)).eval()
-
-
-def test_the_engine_composes_with_the_calibrated_t_and_the_model_file_keeps_the_target(scene, tmp_path):
-    """A restorer with dark_target dehazes with calibrate_density's t (images within the working size too),
-    carries the target in its file, and old files without the field load with it off."""
+def test_the_engine_composes_with_the_calibrated_t_and_the_model_file_keeps_the_target(scene, check_inference_field):
+    """A restorer with dark_target dehazes with calibrate_density's t (conftest's check_inference_field)."""
     clear, depth = scene
-    hazy = add_haze(clear, depth, 1.2, 0.9)
-    g = _dehazer(dark_target=0.045)
-    x = _tensor(hazy) * 2 - 1
-    with torch.no_grad():
-        small = working_scale.shrink(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], 96, 128, 64, 1 << 24)
-        t, a = g.scattering_maps(small, g.decode(small, g.encoder(small)))
-        t, _ = calibrate_density((small + 1) / 2, t, a, 0.045)
-        full_t = working_scale.upsample_rows(t, 96, 128, 0, 96, 128)
-        expected = (((x + 1) / 2 - a) / full_t + a).clamp(0, 1)[0].numpy().transpose(1, 2, 0)
-    out = restore_array(g, hazy, RestoreOptions(device="cpu"))
-    assert np.abs(out - expected).max() < 1e-4
-    plain = _dehazer()
-    assert np.abs(restore_array(plain, hazy, RestoreOptions(device="cpu")) - out).max() > 0.01
-    within = hazy[:40, :60]  # within the working size: calibrated as well
-    assert np.abs(restore_array(g, within, RestoreOptions(device="cpu"))
-                  - restore_array(plain, within, RestoreOptions(device="cpu"))).max() > 0.01
-    loaded = load_restorer(save_restorer(tmp_path / "r.safetensors", g))
-    assert loaded.config.dark_target == 0.045
-    assert np.abs(restore_array(loaded, hazy, RestoreOptions(device="cpu")) - out).max() < 1e-6
-    tensors, metadata = read_safetensors(save_restorer(tmp_path / "old.safetensors", g))
-    del metadata["dark_target"]  # a file written before the field existed
-    (tmp_path / "old.safetensors").write_bytes(save(tensors, metadata=metadata))
-    assert load_restorer(tmp_path / "old.safetensors").config.dark_target == 0.0
-    assert TrainConfig(output="scattering", estimate_size=64, dark_target=0.05).generator_config().dark_target \
-        == 0.05
-    assert TrainConfig(output="scattering", estimate_size=64, dark_target=0.05).generator_config(
-        "degrade").dark_target == 0.0
+    check_inference_field("dark_target", 0.045, lambda unit, t, a: (calibrate_density(unit, t, a, 0.045)[0], a),
+                          add_haze(clear, depth, 1.2, 0.9))
 
 
 @pytest.mark.parametrize("fields", [dict(dark_target=0.05, estimate_size=0, pool_airlight=0),

@@ -170,7 +170,7 @@ def haze_at_working_scale(generator: ResnetGenerator, image: torch.Tensor,
     [-1, 1] with, at the working shape (an image within ``size`` at its own, padded to a multiple of 4); ``size``
     defaults to the generator's ``estimate_size``. With ``pool_airlight`` the airlight is one grey value: what
     the restorer reads the veil as. With ``guided_upsample`` t is the one before the guided fit that carries it
-    to full size; with ``dark_target``, after the density calibration."""
+    to full size; with ``dark_target``, after the density calibration; with ``airlight_floor``, floored."""
     size = size or generator.config.estimate_size
     if generator.config.output != "dehaze" or not size:
         raise ValueError("haze_at_working_scale needs a dehazing restorer and a working size "

@@ -54,13 +54,19 @@ def rainy_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
                               lambda image, rng: random_rain(image, rng, heavy=True))
 
 
-def working_scale_dehazer(**fields):
+def _working_scale_dehazer(**fields):
     """A tiny pooled dehazing restorer with a 64-pixel working scale (seeded), plus any restorer ``fields``."""
     from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
 
     torch.manual_seed(0)
     return ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, estimate_size=64,
                                            pool_airlight=1, **fields)).eval()
+
+
+@pytest.fixture
+def working_scale_dehazer():
+    """The factory above: ``working_scale_dehazer(**restorer_fields)``."""
+    return _working_scale_dehazer
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ def check_inference_field(tmp_path):
     from napari_cdd_dehaze.restore import RestoreOptions, restore_array
 
     def check(field: str, value, adjust, hazy: np.ndarray) -> None:
-        g, plain = working_scale_dehazer(**{field: value}), working_scale_dehazer()
+        g, plain = _working_scale_dehazer(**{field: value}), _working_scale_dehazer()
         options = RestoreOptions(device="cpu")
         x = torch.from_numpy(np.ascontiguousarray(hazy.transpose(2, 0, 1)))[None].float() * 2 - 1
         with torch.no_grad():

@@ -1,15 +1,24 @@
 """airlight_floor: the head's veil, at least He et al.'s airlight (working_scale.floor_airlight)."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 from skimage.transform import resize
 
+from napari_cdd_dehaze.checkpoint import save_restorer
+from napari_cdd_dehaze.cli import main
+from napari_cdd_dehaze.image_files import write_image
 from napari_cdd_dehaze.metrics import psnr
 from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight
+from napari_cdd_dehaze.restore import RestoreOptions, restore_array
 from napari_cdd_dehaze.synthesis import ramp_depth
 from napari_cdd_dehaze.working_scale import floor_airlight
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
 def _tensor(image: np.ndarray) -> torch.Tensor:
@@ -63,3 +72,30 @@ def test_a_floor_needs_a_working_scale_and_an_odd_window(fields):
     with pytest.raises(ValueError, match="airlight_floor"):
         GeneratorConfig(**{**base, **fields})
     assert dataclasses.replace(GeneratorConfig(**base), airlight_floor=5).airlight_floor == 5
+
+
+def test_a_run_turns_the_floor_on_or_off_without_a_new_file(bright_haze, working_scale_dehazer, tmp_path):
+    """RestoreOptions.airlight_floor / `--airlight-floor` override the model's own setting for one run (the model
+    itself unchanged); a value the field cannot take is refused with its name."""
+    hazy = bright_haze[2][0].numpy().transpose(1, 2, 0)
+    plain, floored = working_scale_dehazer(), working_scale_dehazer(airlight_floor=3)
+    on = restore_array(plain, hazy, RestoreOptions(device="cpu", airlight_floor=3))
+    assert np.abs(on - restore_array(floored, hazy, RestoreOptions(device="cpu"))).max() < 1e-6
+    off = restore_array(floored, hazy, RestoreOptions(device="cpu", airlight_floor=0))
+    assert np.abs(off - restore_array(plain, hazy, RestoreOptions(device="cpu"))).max() < 1e-6
+    assert np.abs(on - off).max() > 0.01 and plain.config.airlight_floor == 0
+    with pytest.raises(ValueError, match="airlight_floor"):
+        restore_array(plain, hazy, RestoreOptions(device="cpu", airlight_floor=4))
+    for i, crop in enumerate((hazy[:, :64], hazy[:, 64:])):  # a paired folder of two images (clear: the truth)
+        write_image(tmp_path / "pairs" / "hazy" / f"{i}.png", _u8(crop))
+        write_image(tmp_path / "pairs" / "clear" / f"{i}.png",
+                    _u8(bright_haze[0][0].numpy().transpose(1, 2, 0)[:, 64 * i:64 * (i + 1)]))
+    model = save_restorer(tmp_path / "plain.safetensors", plain)
+    scores = {}
+    for floor in ("0", "3"):
+        assert main(["eval", "--paired", str(tmp_path / "pairs"), "--method", str(model), "--device", "cpu",
+                     "--airlight-floor", floor, "--out", str(tmp_path / floor)]) == 0
+        scores[floor] = json.loads((tmp_path / floor / "report.json").read_text())["sets"][0]["means"]
+    assert scores["0"] != scores["3"]
+    assert main(["eval", "--paired", str(tmp_path / "pairs"), "--method", str(model), "--device", "cpu",
+                 "--airlight-floor", "4", "--out", str(tmp_path / "bad")]) == 1

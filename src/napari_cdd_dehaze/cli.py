@@ -95,7 +95,8 @@ def _apply(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
                 options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
-                                         estimate_size=args.estimate_size, progress=progress)
+                                         estimate_size=args.estimate_size, airlight_floor=args.airlight_floor,
+                                         progress=progress)
                 if isinstance(image, np.memmap):  # a large TIFF: read and written window by window
                     with mapped_tiff_output(target, image) as out:
                         restore_array(restorer, image, options, out=out)
@@ -113,13 +114,17 @@ def _apply(args: argparse.Namespace) -> int:
 
 ESTIMATE_SIZE_HELP = ("dehazing models: long side (pixels) of the shrunk copy on which the haze is estimated before "
                       "the output is composed at full size (default: the model's own; 0 = full resolution)")
+AIRLIGHT_FLOOR_HELP = ("dehazing models with a working scale: compose with at least He et al.'s airlight, dark channel "
+                       "over this odd window of working-scale pixels, the model's veil kept (default: the model's own "
+                       "setting; 0 = off)")
 
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     report = evaluate(args.paired, args.unpaired, args.method, device=args.device, tile=args.tile,
-                      estimate_size=args.estimate_size, log=lambda message: print(message, file=sys.stderr))
+                      estimate_size=args.estimate_size, airlight_floor=args.airlight_floor,
+                      log=lambda message: print(message, file=sys.stderr))
     md, js = report.write(args.out)
     print(report.summary_table())
     print(f"report: {md} and {js} ({report.seconds:.0f} s)", file=sys.stderr)
@@ -187,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
                                                    "network's receptive-field radius, which makes tiles exact)")
     apply.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
+    apply.add_argument("--airlight-floor", type=int, help=AIRLIGHT_FLOOR_HELP)
     apply.set_defaults(run=_apply)
 
     ev = sub.add_parser("eval", help="score methods on paired (hazy/clear) and unpaired folders; Markdown + JSON "
@@ -202,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", help="for learned models: auto (default), cpu, cuda, mps")
     ev.add_argument("--tile", type=int, help="tile size for learned models (default as in apply)")
     ev.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
+    ev.add_argument("--airlight-floor", type=int, help=AIRLIGHT_FLOOR_HELP)
     ev.set_defaults(run=_eval)
 
     demo = sub.add_parser("demo", help="restore a synthetic hazy scene with a model and classical baselines; "

@@ -213,17 +213,17 @@ def _common_size(hazy: tuple[int, ...], clear: tuple[int, ...], name: str, notes
 # ------------------------------------------------------------------------------------------- evaluation
 def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list[str], device: str = "auto",
              tile: int | None = None, log: Callable[[str], None] | None = None,
-             estimate_size: int | None = None) -> Report:
+             estimate_size: int | None = None, airlight_floor: int | None = None) -> Report:
     """Run every method on every image of every folder and collect the scores (see the module docstring).
 
-    ``tile`` and ``estimate_size`` apply to every learned model (see
+    ``tile``, ``estimate_size`` and ``airlight_floor`` apply to every learned model (see
     :class:`~napari_cdd_dehaze.restore.RestoreOptions`).
     """
     from .checkpoint import CheckpointError
     from .classical import ClassicalDehazer
     from .devices import pick_device
     from .models import load_model
-    from .restore import RestoreOptions
+    from .restore import RestoreOptions, with_airlight_floor
 
     log = log or (lambda message: None)
     folders = [(Path(f), "paired") for f in paired] + [(Path(f), "unpaired") for f in unpaired]
@@ -238,6 +238,8 @@ def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list
     for spec in dict.fromkeys(methods):  # in order, once each
         try:
             loaded[spec] = load_model(spec)
+            if not isinstance(loaded[spec], ClassicalDehazer):  # a floor it cannot take is this method's error
+                loaded[spec] = with_airlight_floor(loaded[spec], airlight_floor)
             labels[spec] = getattr(loaded[spec], "label", None) or _describe_learned(loaded[spec], spec)
         except (CheckpointError, ValueError, OSError) as exc:
             method_errors[spec] = str(exc)

@@ -23,6 +23,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,6 +53,9 @@ class RestoreOptions:
     ``estimate_size``: a dehazing restorer estimates transmission and airlight on a copy of a larger image
     shrunk to this long side and composes the output at full size (:mod:`~napari_cdd_dehaze.working_scale`);
     ``None`` takes the model's own (stored with its weights; 0 if none), 0 estimates at full resolution.
+    ``airlight_floor``: a dehazing restorer with a working scale composes with at least He et al.'s airlight
+    (dark channel over this odd window; :func:`~napari_cdd_dehaze.working_scale.floor_airlight`); ``None``
+    takes the model's own setting, 0 turns it off. Classical methods ignore both.
     """
 
     device: str | torch.device = "auto"
@@ -64,6 +69,7 @@ class RestoreOptions:
     stream_band_elements: int = 1 << 24   # one band's input (channels × rows × width): 64 MB of float32
     scratch_dir: str | None = None
     estimate_size: int | None = None
+    airlight_floor: int | None = None
     precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
@@ -120,6 +126,7 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
+    restorer = with_airlight_floor(restorer, options.airlight_floor)
     device = pick_device(options.device)
     if options.precision not in AUTOCAST:
         raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {options.precision!r}")
@@ -133,6 +140,16 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
                        stream_device_bytes=stream_device_bytes(device, options.stream_device_bytes),
                        autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop,
                        estimate_size=estimate_size(restorer, options.estimate_size))
+
+
+def with_airlight_floor(restorer: ResnetGenerator, requested: int | None) -> ResnetGenerator:
+    """``restorer`` itself, or (when ``requested`` differs from its own ``airlight_floor``) a copy of it with that
+    floor; the configuration's checks give the message for a value it cannot take."""
+    if requested is None or requested == restorer.config.airlight_floor:
+        return restorer
+    copy = ResnetGenerator(dataclasses.replace(restorer.config, airlight_floor=requested))
+    copy.load_state_dict(restorer.state_dict())
+    return copy.to(next(restorer.parameters()).device).eval()
 
 
 def estimate_size(restorer: ResnetGenerator, requested: int | None) -> int:

@@ -1,6 +1,7 @@
 """Experiment record (session 16; the paths are the development machine's).
 python ens.py OUT.json name=m1+m2+m3 ... : mean PSNR per suite of t-ensembles (geometric mean of t, mean of a,
-at the working scale, then the shipped guided upsampling). A single model is name=m1. Our suites only."""
+at the working scale, then the shipped guided upsampling). A single model is name=m1. Our suites only.
+FLOOR=W (session 19): the maps pass through working_scale.floor_airlight(..., W) first (suites_round6_floor.json)."""
 import sys, json, time
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -11,6 +12,8 @@ from napari_cdd_dehaze.metrics import psnr
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.working_scale import shrink, _scattering_maps, block_cover, upsample_rows, GUIDED_UPSAMPLE_EPS
 from napari_cdd_dehaze.networks import guided_coefficients, luminance, MIN_TRANSMISSION
+from napari_cdd_dehaze.working_scale import floor_airlight
+FLOOR = int(__import__('os').environ.get('FLOOR', '0'))
 torch.set_num_threads(int(__import__('os').environ.get('THREADS', '2')))
 SUITES = {'val': Path('/work/data/haze-v2/val')}
 SUITES.update({p.name: p for p in sorted(Path('/work/exp/s14/suites/suites').iterdir())})
@@ -42,6 +45,8 @@ def restore(members, img):
             t, a = _scattering_maps(g, small, None)
             logt = logt + t.clamp(min=MIN_TRANSMISSION).log(); aa = aa + a
     t, a = (logt / len(members)).exp(), aa / len(members)
+    if FLOOR:
+        t, a = floor_airlight((small.float() + 1) / 2, t, a, FLOOR)
     su = (small.float() + 1) / 2; unit = (full + 1) / 2
     _, ch, cw = block_cover(H, W, 128)
     coef = torch.cat(guided_coefficients(luminance(su), t, 8, GUIDED_UPSAMPLE_EPS), 1)

@@ -76,7 +76,7 @@ def test_a_floor_needs_a_working_scale_and_an_odd_window(fields):
 
 def test_a_run_turns_the_floor_on_or_off_without_a_new_file(bright_haze, working_scale_dehazer, tmp_path):
     """RestoreOptions.airlight_floor / `--airlight-floor` override the model's own setting for one run (the model
-    itself unchanged); a value the field cannot take is refused with its name."""
+    itself unchanged); a value the field cannot take is refused with its name (by `apply` once, up front)."""
     hazy = bright_haze[2][0].numpy().transpose(1, 2, 0)
     plain, floored = working_scale_dehazer(), working_scale_dehazer(airlight_floor=3)
     on = restore_array(plain, hazy, RestoreOptions(device="cpu", airlight_floor=3))
@@ -99,3 +99,8 @@ def test_a_run_turns_the_floor_on_or_off_without_a_new_file(bright_haze, working
     assert scores["0"] != scores["3"]
     assert main(["eval", "--paired", str(tmp_path / "pairs"), "--method", str(model), "--device", "cpu",
                  "--airlight-floor", "4", "--out", str(tmp_path / "bad")]) == 1
+    assert main(["apply", str(tmp_path / "pairs" / "hazy" / "0.png"), str(tmp_path / "pairs" / "hazy" / "1.png"),
+                 "--model", str(model), "--airlight-floor", "4", "--out", str(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()  # refused once, before any image
+    assert main(["apply", str(tmp_path / "pairs" / "hazy" / "0.png"), "--model", str(model), "--device", "cpu",
+                 "--airlight-floor", "3", "--out", str(tmp_path / "on")]) == 0

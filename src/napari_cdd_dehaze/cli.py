@@ -74,7 +74,8 @@ def _apply(args: argparse.Namespace) -> int:
     from .devices import pick_device
     from .image_files import ImageReadError, mapped_tiff_output, read_image, write_image
     from .models import load_model
-    from .restore import RestoreOptions, restore_array
+    from .classical import ClassicalDehazer
+    from .restore import RestoreOptions, restore_array, with_airlight_floor
 
     if args.model and args.method:
         raise ValueError("give --model or --method, not both (--method X is the same as --model X)")
@@ -82,6 +83,8 @@ def _apply(args: argparse.Namespace) -> int:
         raise ValueError("say what to restore with: --model RUN_DIR|FILE|default, or --method dcp|cap")
     device = pick_device(args.device)
     restorer = load_model(args.model or args.method)
+    if not isinstance(restorer, ClassicalDehazer):  # once, not per image: a bad value is one error, up front
+        restorer = with_airlight_floor(restorer, args.airlight_floor)
     out_dir = Path(args.out)
     failed = 0
     for name in args.images:
@@ -95,8 +98,7 @@ def _apply(args: argparse.Namespace) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
                 options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
-                                         estimate_size=args.estimate_size, airlight_floor=args.airlight_floor,
-                                         progress=progress)
+                                         estimate_size=args.estimate_size, progress=progress)
                 if isinstance(image, np.memmap):  # a large TIFF: read and written window by window
                     with mapped_tiff_output(target, image) as out:
                         restore_array(restorer, image, options, out=out)

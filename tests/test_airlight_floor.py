@@ -1,15 +1,17 @@
-"""airlight_floor: the head's veil, at least He et al.'s airlight (working_scale.floor_airlight)."""
+"""airlight_floor: the head's veil, at least He et al.'s airlight (networks.floor_airlight), at inference and in training."""
 import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from skimage.transform import resize
 
 from napari_cdd_dehaze.checkpoint import save_restorer
 from napari_cdd_dehaze.cli import main
 from napari_cdd_dehaze.image_files import write_image
+from napari_cdd_dehaze.methods import build_method
 from napari_cdd_dehaze.metrics import psnr
 from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight
 from napari_cdd_dehaze.restore import RestoreOptions, restore_array
@@ -104,3 +106,27 @@ def test_a_run_turns_the_floor_on_or_off_without_a_new_file(bright_haze, working
     assert not (tmp_path / "none").exists()  # refused once, before any image
     assert main(["apply", str(tmp_path / "pairs" / "hazy" / "0.png"), "--model", str(model), "--device", "cpu",
                  "--airlight-floor", "3", "--out", str(tmp_path / "on")]) == 0
+
+
+def test_in_training_the_restorer_composes_each_crop_with_the_floor_and_learns_through_it(bright_haze):
+    """A recipe's airlight_floor reaches the restorer only, and its training pass composes with the floored maps
+    of the crop it sees (so t and a learn with the floor); the gradient reaches the head, not He et al.'s
+    estimate (a prior of the input)."""
+    method = build_method(tiny_config(output="scattering", dark_patch=5, estimate_size=64, pool_airlight=1,
+                                      airlight_floor=3))
+    restorer = method.restorer.train()
+    assert restorer.config.airlight_floor == 3 and method.degrader.config.airlight_floor == 0
+    hazy = (bright_haze[2][..., :48, :48] * 2 - 1).requires_grad_(True)
+    out, t, a = restorer.forward_with_maps(hazy)
+    unit = (hazy.detach() + 1) / 2
+    assert float(a.detach().min()) >= float(estimate_airlight(unit, 3).mean()) - 1e-6
+    assert torch.allclose(out, ((unit - a) / t + a).clamp(0, 1) * 2 - 1, atol=1e-6)
+    unfloored = method.restorer.__class__(dataclasses.replace(restorer.config, airlight_floor=0))
+    unfloored.load_state_dict(restorer.state_dict())
+    _, t0, a0 = unfloored.train().forward_with_maps(hazy)
+    assert float(a0.max()) < float(a.min())  # this tiny head reads the white veil low: the floor is what composes
+    t_floor, a_floor = floor_airlight(unit, t0, a0, 3)
+    assert torch.allclose(t, t_floor, atol=1e-6) and torch.allclose(a, a_floor, atol=1e-6)
+    out.mean().backward()
+    head_grad = sum(float(p.grad.abs().sum()) for p in restorer.parameters() if p.grad is not None)
+    assert head_grad > 0 and torch.isfinite(hazy.grad).all()

@@ -40,8 +40,9 @@ class TrainConfig:
     #                           filter of this radius (working-scale pixels) instead of a bilinear resize
     dark_target: float = 0.0  # with estimate_size, at inference only: each image's haze density rescaled so the
     #                           output's 5 % dark-channel quantile meets this value (0: the head's t as it is)
-    airlight_floor: int = 0  # with estimate_size, at inference only: compose with at least He et al.'s grey airlight
-    #                          (dark channel over this odd window of working-scale pixels), the head's veil kept
+    airlight_floor: int = 0  # with estimate_size: the restorer composes with at least He et al.'s grey airlight of its
+    #                          input (dark channel over this odd window), the head's veil kept; in training (each
+    #                          crop) and at inference (the working-scale copy)
     disc_width: int = 64
     # data
     crop: int = 256

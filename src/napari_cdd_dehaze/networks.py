@@ -62,9 +62,10 @@ class GeneratorConfig:
     dark_target: float = 0.0  # with estimate_size: rescale the haze density of each image (t → t**s) so that the
     #                           output's low dark-channel quantile at the working scale meets this value (that of
     #                           clear photos); 0 = the head's t as it is (working_scale.py, calibrate_density)
-    airlight_floor: int = 0   # with estimate_size: compose with at least He et al.'s grey airlight of the working-scale
-    #                           copy (dark channel over this odd window), t changed so that the head's veil a·(1 − t)
-    #                           stays as it was; 0 = the head's airlight (working_scale.py, floor_airlight)
+    airlight_floor: int = 0   # with estimate_size: compose with at least He et al.'s grey airlight of the input (the
+    #                           working-scale copy at inference, each crop in training; dark channel over this odd
+    #                           window), t changed so that the head's veil a·(1 − t) stays as it was; 0 = the head's
+    #                           airlight (floor_airlight)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -238,6 +239,29 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor,
+                   patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """t' and a' (the shapes of t and a): a' = max(a, the grey mean of He et al.'s airlight of ``unit``
+    (B, C, h, w) in [0, 1], dark channel over ``patch``), t' = 1 − a·(1 − t)/a', so that the veil a·(1 − t)
+    the output subtracts stays the head's and only the contrast it restores follows the brighter airlight.
+
+    Why: the transplant-trained restorers read the veil's brightness poorly, 0.85–0.87 under a grey airlight
+    of 0.7 and 0.95 under one of 1 (``training/README.md``), and under bright haze a low airlight leaves the
+    scene dim and flat. He et al.'s estimate (the brightest of the haziest pixels) is right where some pixel
+    is nearly all veil and too low where none is (a dim or lightly hazed scene), hence a floor, not a swap:
+    on our validation suites the swap lost 3.6 dB on dim scenes, the floor lost none. In training the floor
+    is part of the composition (:meth:`ResnetGenerator.scattering_maps`), so t and a learn with it; the
+    estimate is a prior of the input, so no gradient flows through it. Applying it twice changes nothing
+    (the veil is kept, and a' is already at least the estimate) unless t was clamped.
+    """
+    with torch.no_grad():
+        bright = estimate_airlight(unit.detach().float(), patch).mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
+    bright = bright.to(a.dtype)
+    floor = torch.maximum(a, bright)
+    return (1 - a * (1 - t) / floor).clamp(MIN_TRANSMISSION, 1), floor
+
+
+
 class ResnetGenerator(nn.Module):
     """Image-to-image ResNet generator; input and output in [-1, 1], spatial size a multiple of 4."""
 
@@ -351,7 +375,8 @@ class ResnetGenerator(nn.Module):
     def scattering_maps(self, x: torch.Tensor, decoded: torch.Tensor,
                         airlight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The transmission t (B, 1, H, W) and airlight a ((B, 1, H, W) grey, or (B, C, 1, 1) estimated) in [0, 1]
-        that :meth:`compose` applies, from the head's maps ``decoded`` of input ``x``."""
+        that :meth:`compose` applies, from the head's maps ``decoded`` of input ``x``; with ``airlight_floor``,
+        floored on ``x`` (:func:`floor_airlight`)."""
         t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
         if self.config.refine:  # smooth where the input is, sharp at its edges: no texture of its own in t
             unit = (x.float() + 1) / 2
@@ -362,6 +387,8 @@ class ResnetGenerator(nn.Module):
             a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
             if self.config.pool_airlight:  # one atmosphere: one grey airlight per image (per crop in training)
                 a = a.mean(dim=(-2, -1), keepdim=True)
+        if self.config.airlight_floor:  # at least He et al.'s airlight of this input (working copy, or crop)
+            t, a = floor_airlight((x + 1) / 2, t, a, self.config.airlight_floor)
         return t, a
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, dark_channel, estimate_airlight,
+from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, dark_channel, floor_airlight,  # noqa: F401
                        guided_coefficients, luminance)
 
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
@@ -132,34 +132,15 @@ def calibrate_density(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor, targ
     return t ** scale.view(-1, 1, 1, 1), scale
 
 
-def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor,
-                   patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """t' and a' (the shapes of t and a): a' = max(a, the grey mean of He et al.'s airlight of ``unit``
-    (B, C, h, w) in [0, 1], dark channel over ``patch``), t' = 1 − a·(1 − t)/a', so that the veil a·(1 − t)
-    the output subtracts stays the head's and only the contrast it restores follows the brighter airlight.
-
-    Why: the transplant-trained restorers read the veil's brightness poorly, 0.85–0.87 under a grey airlight
-    of 0.7 and 0.95 under one of 1 (``training/README.md``), and under bright haze a low airlight leaves the
-    scene dim and flat. He et al.'s estimate (the brightest of the haziest pixels) is right where some pixel
-    is nearly all veil and too low where none is (a dim or lightly hazed scene), hence a floor, not a swap:
-    on our validation suites the swap lost 3.6 dB on dim scenes, the floor lost none.
-    """
-    bright = estimate_airlight(unit, patch).mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
-    floor = torch.maximum(a, bright)
-    return (1 - a * (1 - t) / floor).clamp(MIN_TRANSMISSION, 1), floor
-
-
 def _scattering_maps(generator: ResnetGenerator, small: torch.Tensor,
                      autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The maps the output is composed with: the head's, with ``dark_target`` its t calibrated and with
-    ``airlight_floor`` its airlight floored (:func:`floor_airlight`)."""
+    """The maps the output is composed with: the head's (with ``airlight_floor``, its airlight already floored by
+    :meth:`~napari_cdd_dehaze.networks.ResnetGenerator.scattering_maps`), with ``dark_target`` its t calibrated."""
     with torch.autocast(small.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
     t, a = t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)
     if generator.config.dark_target:
         t = calibrate_density((small.float() + 1) / 2, t, a, generator.config.dark_target)[0]
-    if generator.config.airlight_floor:
-        t, a = floor_airlight((small.float() + 1) / 2, t, a, generator.config.airlight_floor)
     return t, a
 
 

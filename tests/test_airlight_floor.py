@@ -1,4 +1,4 @@
-"""airlight_floor: the head's veil, at least He et al.'s airlight (networks.floor_airlight), at inference and in training."""
+"""airlight_floor: the head's veil, at least He et al.'s airlight (networks.floor_airlight), in training too."""
 import dataclasses
 import json
 

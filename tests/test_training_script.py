@@ -34,6 +34,8 @@ def test_shipped_recipes_are_valid():
             assert TrainConfig.from_dict(recipe) == preset(name, method=method).replace(device="auto")
     default = yaml.safe_load((SCRIPT.parent / "configs" / "default.yaml").read_text())
     assert TrainConfig.from_dict(default) == preset("default")  # the bundled model's recipe, in both places
+    start = yaml.safe_load((SCRIPT.parent / "configs" / "default-start.yaml").read_text())
+    assert TrainConfig.from_dict({**default, **start}) == preset("default", airlight_floor=0)  # its stage 1
     smoke = TrainConfig.from_dict(yaml.safe_load((SCRIPT.parent / "configs" / "smoke.yaml").read_text()))
     assert smoke.width == 8 and smoke.steps == 20
 
@@ -97,3 +99,36 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
                         ("flat-2", "000.png"), ("depth-1", "scene.png")):
         first, second = (read_image(tmp_path / out / "suites" / suite / "hazy" / name) for out in "ab")
         assert np.array_equal(first, second)  # deterministic for a seed
+
+
+def test_a_run_in_stages_stops_where_told_and_resumes_with_the_airlight_floor_on(unpaired_folders, tmp_path):
+    """The bundled model's two stages in small: `--until` stops with a checkpoint and the restorer file; a second
+    recipe file overrides the first; a resumed run may turn on the airlight floor (no weights of its own) but
+    keeps its loss weights."""
+    import json
+
+    from napari_cdd_dehaze.checkpoint import load_restorer
+
+    recipe = tiny_config(steps=4, checkpoint_every=1, output="scattering", dark_patch=5, estimate_size=64,
+                         pool_airlight=1, airlight_floor=3).to_dict()
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "start.yaml").write_text("airlight_floor: 0\n")
+    degraded, clean = unpaired_folders
+    run = tmp_path / "run"
+    base = [sys.executable, str(SCRIPT), "--degraded", str(degraded), "--clean", str(clean), "--out", str(run),
+            "--log-every", "1"]
+    first = subprocess.run(base + ["--config", str(tmp_path / "recipe.yaml"), str(tmp_path / "start.yaml"),
+                                   "--until", "2"], capture_output=True, text=True, check=True)
+    assert "stopped at step 2" in first.stdout and "step 3/" not in first.stdout, first.stdout
+    saved = lambda step: json.loads((run / "checkpoints" / f"step_{step:07d}" / "meta.json").read_text())  # noqa: E731
+    assert saved(2)["config"]["airlight_floor"] == 0
+    assert load_restorer(run / "restorer.safetensors").config.airlight_floor == 0
+    second = subprocess.run(base + ["--config", str(tmp_path / "recipe.yaml"), "--resume", "--until", "3"],
+                            capture_output=True, text=True, check=True)
+    assert "steps 2→4" in second.stdout and "stopped at step 3" in second.stdout, second.stdout
+    assert saved(3)["config"]["airlight_floor"] == 3
+    assert load_restorer(run / "restorer.safetensors").config.airlight_floor == 3
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**recipe, "lambda_gan": 2.0}))
+    subprocess.run(base + ["--config", str(tmp_path / "other.yaml"), "--resume"], capture_output=True, text=True,
+                   check=True)
+    assert saved(4)["config"]["lambda_gan"] == recipe["lambda_gan"] != 2.0  # kept: a resume takes run control only

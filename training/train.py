@@ -29,12 +29,16 @@ from napari_cdd_dehaze.trainer import RUN_CONTROL_FIELDS, Trainer, resume_config
 
 def train() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields")
+    parser.add_argument("--config", required=True, nargs="+",
+                        help="YAML file(s) of TrainConfig fields; a later file overrides an earlier one")
     parser.add_argument("--degraded", required=True)
     parser.add_argument("--clean", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
     parser.add_argument("--init", help="start from these weights (finetuning)")
+    parser.add_argument("--until", type=int, default=0, metavar="STEP",
+                        help="stop after this step with a checkpoint and the restorer file, as Ctrl-C does "
+                             "(a run in stages; continue with --resume)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--check-sync", type=int, default=0, metavar="N",
                         help="every N steps, verify that all ranks hold bit-identical weights (0: never)")
@@ -43,7 +47,9 @@ def train() -> int:
     # 1. config: the recipe file, validated once; a resumed run keeps its saved config except the
     #    run-control fields the recipe names (steps, checkpoint cadence, device, and the per-process
     #    batch_size, e.g. to keep the global batch on fewer GPUs)
-    recipe = yaml.safe_load(Path(args.config).read_text()) or {}
+    recipe = {}
+    for file in args.config:
+        recipe.update(yaml.safe_load(Path(file).read_text()) or {})
     config = TrainConfig.from_dict(recipe)
     if args.resume:
         config = resume_config(args.out, **{k: getattr(config, k) for k in RUN_CONTROL_FIELDS if k in recipe})
@@ -76,6 +82,8 @@ def train() -> int:
     with open(log, "w" if new_log else "a") if trainer.is_main else contextlib.nullcontext() as csv:
         for event in trainer.events():
             if event.kind == "step":
+                if args.until and event.step >= args.until:
+                    trainer.request_stop()  # every rank sees the same step, so all stop after it
                 if args.check_sync and event.step % args.check_sync == 0:
                     if not trainer.replicas_identical():  # every rank computes it: it is a collective
                         raise RuntimeError(f"replicas differ after step {event.step}")

@@ -200,15 +200,18 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=5000,
                 disc_width=32, checkpoint_every=250),
     # The bundled default model's recipe (training/configs/default.yaml, which a test keeps equal to this):
-    # the "cpu" sizes with the scattering-model head (fed the input's 15×15 dark channel too) and the loss
-    # weights that let it learn (see that file), and how it runs (estimate_size, pool_airlight, guided_upsample:
-    # the haze estimated on a 128-pixel copy, one airlight per image, t carried to full size along the image's
-    # edges; the pooling acts on training crops as well, which it did not when the shipped weights were trained:
-    # see that file). Finetuning the default model with this preset continues its recipe.
-    "default": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=1600,
-                    disc_width=32, checkpoint_every=200, output="scattering", dark_patch=15, lambda_gan=4.0,
-                    lambda_nce=1.0, lambda_cycle=1.0, lambda_identity=0.5, estimate_size=128, pool_airlight=1,
-                    guided_upsample=8),
+    # the "cpu" network with the scattering-model head (fed the input's 15×15 dark channel too), trained on whole
+    # images at 96 pixels with the haze transplant, the haze cycle and the dark-channel match, a clean critic
+    # that sees relative light, and the airlight floor; and how it runs (the haze estimated on a 128-pixel copy,
+    # one airlight per image, t carried to full size along the image's edges). The shipped weights trained their
+    # first 1600 steps without the floor (see that file). Finetuning the default model with this preset
+    # continues its recipe.
+    "default": dict(width=32, blocks=6, crop=96, load_size=96, batch_size=2, num_patches=128,
+                    nce_layers=(0, 4, 8, 12, 15), steps=3200, disc_width=32, checkpoint_every=200,
+                    keep_checkpoints=4, output="scattering", dark_patch=15, lambda_gan=4.0, lambda_nce=1.0,
+                    lambda_cycle=1.0, lambda_identity=0.5, estimate_size=128, pool_airlight=1, guided_upsample=8,
+                    lambda_hazed_clean=16.0, lambda_rehaze_cycle=4.0, lambda_dark_match=4.0,
+                    clean_critic_sees="relative", airlight_floor=3),
 }
 
 

@@ -34,9 +34,12 @@ from .devices import pick_device
 from .distributed import replicas_from_environment
 from .methods import build_method
 
-# What a resumed run may change. batch_size is here so that a run can move to another number of
+# What a resumed run may change: how long and where it runs, and how the restorer composes its output (fields
+# without weights of their own; a run resumed with ``airlight_floor`` trains with the floor from there on, as
+# the bundled model's second stage did). batch_size is here so that a run can move to another number of
 # processes and keep its global batch (batch_size × world_size).
-RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size")
+RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size",
+                      "airlight_floor", "guided_upsample", "dark_target")
 
 
 def resume_config(run_dir: str | Path, **changes) -> TrainConfig:
@@ -258,7 +261,7 @@ class Trainer:
 
     @staticmethod
     def _resumed_config(meta: dict, requested: TrainConfig | None) -> TrainConfig:
-        """The saved config, or ``requested`` if it differs only in how long and where the run goes on."""
+        """The saved config, or ``requested`` if it differs only in :data:`RUN_CONTROL_FIELDS`."""
         saved = TrainConfig.from_dict(meta["config"])
         if requested is None:
             return saved

@@ -261,7 +261,6 @@ def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor,
     return (1 - a * (1 - t) / floor).clamp(MIN_TRANSMISSION, 1), floor
 
 
-
 class ResnetGenerator(nn.Module):
     """Image-to-image ResNet generator; input and output in [-1, 1], spatial size a multiple of 4."""
 

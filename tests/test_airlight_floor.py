@@ -124,7 +124,8 @@ def test_in_training_the_restorer_composes_each_crop_with_the_floor_and_learns_t
     unfloored = method.restorer.__class__(dataclasses.replace(restorer.config, airlight_floor=0))
     unfloored.load_state_dict(restorer.state_dict())
     _, t0, a0 = unfloored.train().forward_with_maps(hazy)
-    assert float(a0.detach().max()) < float(a.detach().min())  # this tiny head reads the white veil low: the floor is what composes
+    # this tiny head reads the white veil low: the floor is what composes
+    assert float(a0.detach().max()) < float(a.detach().min())
     t_floor, a_floor = floor_airlight(unit, t0, a0, 3)
     assert torch.allclose(t, t_floor, atol=1e-6) and torch.allclose(a, a_floor, atol=1e-6)
     out.mean().backward()

@@ -13,10 +13,9 @@ from napari_cdd_dehaze.cli import main
 from napari_cdd_dehaze.image_files import write_image
 from napari_cdd_dehaze.methods import build_method
 from napari_cdd_dehaze.metrics import psnr
-from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight, floor_airlight
+from napari_cdd_dehaze.restore import RestoreOptions, restore_array, with_airlight_floor
 from napari_cdd_dehaze.synthesis import ramp_depth
-from napari_cdd_dehaze.working_scale import floor_airlight
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -121,9 +120,7 @@ def test_in_training_the_restorer_composes_each_crop_with_the_floor_and_learns_t
     unit = (hazy.detach() + 1) / 2
     assert float(a.detach().min()) >= float(estimate_airlight(unit, 3).mean()) - 1e-6
     assert torch.allclose(out, ((unit - a) / t + a).clamp(0, 1) * 2 - 1, atol=1e-6)
-    unfloored = method.restorer.__class__(dataclasses.replace(restorer.config, airlight_floor=0))
-    unfloored.load_state_dict(restorer.state_dict())
-    _, t0, a0 = unfloored.train().forward_with_maps(hazy)
+    _, t0, a0 = with_airlight_floor(restorer, 0).train().forward_with_maps(hazy)
     # this tiny head reads the white veil low: the floor is what composes
     assert float(a0.detach().max()) < float(a.detach().min())
     t_floor, a_floor = floor_airlight(unit, t0, a0, 3)

@@ -45,8 +45,9 @@ def train() -> int:
     args = parser.parse_args()
 
     # 1. config: the recipe file, validated once; a resumed run keeps its saved config except the
-    #    run-control fields the recipe names (steps, checkpoint cadence, device, and the per-process
-    #    batch_size, e.g. to keep the global batch on fewer GPUs)
+    #    run-control fields the recipe names (steps, checkpoint cadence, device, the per-process
+    #    batch_size, e.g. to keep the global batch on fewer GPUs, and the weightless composition fields
+    #    such as airlight_floor: trainer.RUN_CONTROL_FIELDS)
     recipe = {}
     for file in args.config:
         recipe.update(yaml.safe_load(Path(file).read_text()) or {})

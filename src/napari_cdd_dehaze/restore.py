@@ -54,7 +54,7 @@ class RestoreOptions:
     shrunk to this long side and composes the output at full size (:mod:`~napari_cdd_dehaze.working_scale`);
     ``None`` takes the model's own (stored with its weights; 0 if none), 0 estimates at full resolution.
     ``airlight_floor``: a dehazing restorer with a working scale composes with at least He et al.'s airlight
-    (dark channel over this odd window; :func:`~napari_cdd_dehaze.working_scale.floor_airlight`); ``None``
+    (dark channel over this odd window; :func:`~napari_cdd_dehaze.networks.floor_airlight`); ``None``
     takes the model's own setting, 0 turns it off. Classical methods ignore both.
     """
 

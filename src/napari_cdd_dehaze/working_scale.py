@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, dark_channel, floor_airlight,  # noqa: F401
+from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, dark_channel,
                        guided_coefficients, luminance)
 
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites

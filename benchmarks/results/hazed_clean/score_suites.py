@@ -1,7 +1,7 @@
 """Experiment record (session 16; the paths are the development machine's).
 python ens.py OUT.json name=m1+m2+m3 ... : mean PSNR per suite of t-ensembles (geometric mean of t, mean of a,
 at the working scale, then the shipped guided upsampling). A single model is name=m1. Our suites only.
-FLOOR=W (session 19): the maps pass through working_scale.floor_airlight(..., W) first (suites_round6_floor.json)."""
+FLOOR=W (session 19): the maps pass through floor_airlight(..., W) first (networks.py since session 20) (suites_round6_floor.json)."""
 import sys, json, time
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
@@ -12,7 +12,7 @@ from napari_cdd_dehaze.metrics import psnr
 from napari_cdd_dehaze.data import list_images
 from napari_cdd_dehaze.working_scale import shrink, _scattering_maps, block_cover, upsample_rows, GUIDED_UPSAMPLE_EPS
 from napari_cdd_dehaze.networks import guided_coefficients, luminance, MIN_TRANSMISSION
-from napari_cdd_dehaze.working_scale import floor_airlight
+from napari_cdd_dehaze.networks import floor_airlight
 FLOOR = int(__import__('os').environ.get('FLOOR', '0'))
 torch.set_num_threads(int(__import__('os').environ.get('THREADS', '2')))
 SUITES = {'val': Path('/work/data/haze-v2/val')}

@@ -7,7 +7,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_cdd_dehaze import checkpoint as ckpt
-from napari_cdd_dehaze.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_restorer
+from napari_cdd_dehaze.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_restorer,
+                                          save_restorer)
+from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
 from napari_cdd_dehaze.trainer import Trainer, resume_config
 
 from conftest import tiny_config
@@ -184,26 +186,43 @@ def test_finetuning_takes_the_network_of_the_model_it_starts_from(unpaired_folde
 
 
 def test_head_options_round_trip_and_older_files_load_without_them(unpaired_folders, tmp_path):
-    trainer = Trainer(tiny_config(steps=1, output="scattering", dark_patch=7, refine=5, airlight="estimated"),
-                      *unpaired_folders, tmp_path / "run")
+    trainer = Trainer(tiny_config(steps=1, output="scattering", dark_patch=7), *unpaired_folders, tmp_path / "run")
     trainer.run()
     for source in (tmp_path / "run", tmp_path / "run" / "restorer.safetensors"):
-        restorer = load_restorer(source)
-        assert (restorer.config.dark_patch, restorer.config.refine, restorer.config.airlight) == (7, 5, "estimated")
-    assert trainer.method.degrader.config.airlight == "predicted"  # the degrader invents its haze's airlight
+        assert load_restorer(source).config.dark_patch == 7
     tuned = Trainer(tiny_config(output="scattering"), *unpaired_folders, tmp_path / "tuned",
                     init_from=tmp_path / "run" / "restorer.safetensors")
-    assert (tuned.config.dark_patch, tuned.config.refine, tuned.config.airlight) == (7, 5, "estimated")  # the head
-    # a restorer file written before the fields existed (neither in its metadata) loads, and finetunes,
-    # with neither a dark channel nor an estimated airlight whatever the recipe says
+    assert tuned.config.dark_patch == 7  # the head of the model it finetunes
+    # a restorer file written before the field existed loads, and finetunes, without a dark channel
     plain = Trainer(tiny_config(steps=1, output="scattering"), *unpaired_folders, tmp_path / "plain")
     plain.run()
     tensors = load_file(tmp_path / "plain" / "restorer.safetensors")
     with safe_open(tmp_path / "plain" / "restorer.safetensors", "pt") as f:
-        metadata = {k: v for k, v in f.metadata().items() if k not in ("dark_patch", "refine", "airlight")}
+        metadata = {k: v for k, v in f.metadata().items() if k != "dark_patch"}
     save_file(tensors, tmp_path / "old.safetensors", metadata=metadata)
-    old = load_restorer(tmp_path / "old.safetensors")
-    assert (old.config.dark_patch, old.config.refine, old.config.airlight) == (0, 0, "predicted")
-    older = Trainer(tiny_config(output="scattering", dark_patch=7, refine=5, airlight="estimated"), *unpaired_folders,
-                    tmp_path / "t2", init_from=tmp_path / "old.safetensors")
-    assert (older.config.dark_patch, older.config.refine, older.config.airlight) == (0, 0, "predicted")
+    assert load_restorer(tmp_path / "old.safetensors").config.dark_patch == 0
+    older = Trainer(tiny_config(output="scattering", dark_patch=7), *unpaired_folders, tmp_path / "t2",
+                    init_from=tmp_path / "old.safetensors")
+    assert older.config.dark_patch == 0
+
+
+def test_options_of_earlier_versions_load_when_off_and_are_refused_when_on(tmp_path):
+    """A file that still records a retired option loads when the option was off (as in every bundled model) and
+    names the option otherwise; the same for a run's saved config."""
+    from napari_cdd_dehaze.config import TrainConfig
+
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))
+    save_restorer(tmp_path / "new.safetensors", g)
+    tensors = load_file(tmp_path / "new.safetensors")
+    with safe_open(tmp_path / "new.safetensors", "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, tmp_path / "off.safetensors",
+              metadata=metadata | {"refine": "0", "airlight": "predicted", "dark_target": "0.0"})
+    assert load_restorer(tmp_path / "off.safetensors").config == g.config
+    save_file(tensors, tmp_path / "on.safetensors", metadata=metadata | {"refine": "5"})
+    with pytest.raises(CheckpointError, match="refine='5'.*no longer has"):
+        load_restorer(tmp_path / "on.safetensors")
+    saved = tiny_config().to_dict()
+    assert TrainConfig.from_dict(saved | {"lambda_rehaze": 0.0, "dark_match_statistic": "mean"}) == tiny_config()
+    with pytest.raises(ValueError, match="lambda_rehaze=1.0"):
+        TrainConfig.from_dict(saved | {"lambda_rehaze": 1.0})

@@ -148,26 +148,6 @@ def test_estimated_airlight_is_the_brightest_of_the_haziest_pixels():
     assert torch.allclose(a[1].flatten(), torch.full((3,), 0.3))
 
 
-def test_an_estimated_airlight_head_predicts_transmission_only_and_sees_the_input_over_the_airlight():
-    config = GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=5, airlight="estimated")
-    g = ResnetGenerator(config).eval()
-    assert g.head[1].out_channels == 1 and config.airlight_patch == 5
-    x = torch.rand(1, 3, 24, 24) * 0.8 * 2 - 1
-    airlight = torch.tensor([0.8, 0.4, 0.8]).view(1, 3, 1, 1)
-    priors = g.intensity_priors(x, airlight)
-    assert torch.allclose(priors[0, 3], (((x + 1) / 2) / airlight).amin(dim=1)[0] * 2 - 1, atol=1e-6)
-    with torch.no_grad():  # t = 1 everywhere: the output is the input, whatever the airlight
-        g.head[1].weight.zero_()
-        g.head[1].bias.fill_(20.0)
-        assert torch.allclose(g(x), x, atol=1e-4)
-        g.head[1].bias.fill_(-20.0)  # t = 0.1: J = (I − A)/0.1 + A, with the imposed RGB airlight
-        with g.imposing_airlight(airlight):
-            expected = (((x + 1) / 2 - airlight) / 0.1 + airlight).clamp(0, 1) * 2 - 1
-            assert torch.allclose(g(x), expected, atol=1e-4)
-    for bad in (dict(output="haze", airlight="estimated"), dict(output="dehaze", airlight="global")):
-        with pytest.raises(ValueError, match="airlight"):
-            GeneratorConfig(width=8, blocks=1, **bad)
-
 
 def test_torch_guided_filter_is_the_classical_one():
     from napari_cdd_dehaze.classical import guided_filter as classical_guided_filter
@@ -178,15 +158,3 @@ def test_torch_guided_filter_is_the_classical_one():
         assert np.abs(guided_filter(guide, source, radius)[0, 0].numpy() - expected).max() < 1e-5
 
 
-def test_a_refined_transmission_keeps_no_texture_of_its_own():
-    """A head whose t copies a fine texture not in the input: refined, t follows the (flat) input instead."""
-    config = GeneratorConfig(width=8, blocks=1, output="dehaze", refine=8)
-    g, raw = ResnetGenerator(config).eval(), ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))
-    raw.load_state_dict(g.state_dict())
-    x = torch.full((1, 3, 32, 32), 0.5)  # a flat grey input
-    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 4.0 - 2.0
-    decoded = torch.stack([checker, torch.zeros(32, 32)])[None]  # t logits alternate pixel by pixel
-    textured, smooth = raw.compose(x, decoded), g.compose(x, decoded)
-    assert textured.std() > 0.05 and smooth.std() < 1e-3
-    with pytest.raises(ValueError, match="refine"):
-        GeneratorConfig(width=8, blocks=1, output="image", refine=8)

@@ -48,23 +48,6 @@ def test_tiles_match_the_whole_image_with_a_dark_channel_head(photo):
     assert np.abs(tiled - whole).max() < 1e-4
 
 
-def test_tiles_match_the_whole_image_with_an_estimated_airlight_and_a_refined_transmission(photo):
-    """The airlight is one value per image: every tile gets the whole image's, not its own; the guided
-    filter's windows near a tile's edge read the margin, which is widened by their reach."""
-    torch.manual_seed(0)
-    config = GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, refine=20, airlight="estimated")
-    g = ResnetGenerator(config).eval()
-    plain = ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze"))
-    assert default_margin(g) >= default_margin(plain) + 7 + 2 * 20
-    hazy = photo.copy()
-    hazy[:40] = 0.5 * hazy[:40] + 0.5 * np.array([0.9, 0.8, 0.7], dtype=np.float32)  # the haziest rows: one tile
-    whole = restore_array(g, hazy, RestoreOptions(device="cpu", tile=0))
-    tiled = restore_array(g, hazy, RestoreOptions(device="cpu", tile=100))
-    assert np.abs(tiled - whole).max() < 1e-4
-    with g.imposing_airlight(torch.full((1, 3, 1, 1), 0.5)):  # a wrong airlight changes the output
-        other = restore_array(g, hazy, RestoreOptions(device="cpu", tile=0))
-    assert np.abs(other - whole).max() > 0.05
-
 
 def test_statistics_from_a_reduced_copy_are_shared_so_there_are_no_seams(generator, photo):
     """Beyond ``stats_max_pixels`` the statistics are approximate, but every tile uses the same ones."""

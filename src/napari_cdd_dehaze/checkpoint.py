@@ -13,6 +13,7 @@ architecture in the safetensors metadata, so that one file is enough to restore 
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -27,9 +28,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, drop_retired
 from .image_files import atomic_write_bytes
-from .networks import GeneratorConfig, ResnetGenerator
+from .networks import RETIRED_GENERATOR_FIELDS, GeneratorConfig, ResnetGenerator
 
 FORMAT = "napari-cdd-dehaze"
 FORMAT_VERSION = 1
@@ -88,11 +89,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
     return final
 
 
-RESTORER_FIELDS = ("channels", "width", "blocks", "upsample", "output", "dark_patch", "refine", "airlight",
-                   "estimate_size", "pool_airlight", "guided_upsample", "dark_target", "airlight_floor")
-_FLOAT_FIELDS = ("dark_target",)
-_INTEGER_FIELDS = ("channels", "width", "blocks", "dark_patch", "refine", "estimate_size", "pool_airlight",
-                   "guided_upsample", "airlight_floor")
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
+RESTORER_FIELDS = tuple(f.name for f in dataclasses.fields(GeneratorConfig))  # written as text in the metadata
 
 
 def save_restorer(path: str | Path, restorer: ResnetGenerator, info: dict | None = None) -> Path:
@@ -207,10 +205,10 @@ def restorer_config(metadata: dict[str, str], file: Path) -> GeneratorConfig:
     defaults when absent, which are what older files hold.
     """
     try:
+        metadata = drop_retired(metadata, RETIRED_GENERATOR_FIELDS, "model")
         fields = {k: metadata[k] for k in ("channels", "width", "blocks")}
         fields |= {k: metadata[k] for k in RESTORER_FIELDS if k in metadata}
-        return GeneratorConfig(**{k: int(v) if k in _INTEGER_FIELDS else float(v) if k in _FLOAT_FIELDS else v
-                                  for k, v in fields.items()})
+        return GeneratorConfig(**{k: type(DEFAULTS[k])(v) for k, v in fields.items()})
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
 

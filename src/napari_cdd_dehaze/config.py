@@ -30,16 +30,11 @@ class TrainConfig:
     output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
     #                        "rain": the same plus an additive streak layer
     dark_patch: int = 0     # scattering/rain heads: also see the input's dark channel over this window (0: no)
-    refine: int = 0         # scattering/rain heads: guided-filter radius that smooths the transmission (0: none)
-    airlight: str = "predicted"  # scattering: "estimated" gives the restorer one RGB airlight per image, He et
-    #                              al.'s estimate from its input, instead of predicting a grey one per pixel
     estimate_size: int = 0  # scattering restorer, at inference: long side at which t and a are estimated (0: full)
     pool_airlight: int = 0  # with estimate_size: 1 = one grey airlight per image, the mean of the head's map
     #                         (per training crop too: the restorer trains as it runs)
     guided_upsample: int = 0  # with estimate_size, at inference only: t carried to full size by a fast guided
     #                           filter of this radius (working-scale pixels) instead of a bilinear resize
-    dark_target: float = 0.0  # with estimate_size, at inference only: each image's haze density rescaled so the
-    #                           output's 5 % dark-channel quantile meets this value (0: the head's t as it is)
     airlight_floor: int = 0  # with estimate_size: the restorer composes with at least He et al.'s grey airlight of its
     #                          input (dark channel over this odd window), the head's veil kept; in training (each
     #                          crop) and at inference (the working-scale copy)
@@ -61,14 +56,12 @@ class TrainConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 1.0
     lambda_diversity: float = 0.1
-    lambda_rehaze: float = 0.0  # cdd-gan, scattering restorer: re-haze consistency (methods/cdd_gan.py); 0: off
-    rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the range its grey airlights are drawn from
+    rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the grey airlights the two terms below haze with
     lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
     rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
     lambda_hazed_clean: float = 0.0  # cdd-gan: restore clean photos hazed with the hazy batch's classical t
     hazed_clean_power: tuple[float, float] = (0.2, 1.0)  # ... raised to a power drawn here (> 1: denser than x's)
     lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s dark channel against its clean partner's (cdd_gan.py)
-    dark_match_statistic: str = "mean"  # compare their means, or their whole "distribution" (quantiles)
     # contrastive terms
     nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
@@ -114,15 +107,8 @@ class TrainConfig:
             (len(self.nce_layers) > 0, "nce_layers must name at least one encoder layer"),
             (self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}"),
             (self.keep_checkpoints >= 1, f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}"),
-            (self.airlight == "predicted" or self.output == "scattering",
-             f"airlight {self.airlight!r} needs the scattering output, got output {self.output!r}"),
-            (self.lambda_rehaze >= 0, f"lambda_rehaze must be 0 or positive, got {self.lambda_rehaze}"),
             (len(self.rehaze_airlight) == 2 and 0 < self.rehaze_airlight[0] < self.rehaze_airlight[1] <= 1,
              f"rehaze_airlight must be two values 0 < low < high <= 1, got {self.rehaze_airlight}"),
-            (self.lambda_rehaze == 0 or (self.method == "cdd-gan" and self.output == "scattering"
-                                         and self.airlight == "predicted"),
-             "lambda_rehaze needs method cdd-gan with the scattering output and a predicted airlight, got "
-             f"method {self.method!r}, output {self.output!r}, airlight {self.airlight!r}"),
             (self.lambda_rehaze_cycle >= 0,
              f"lambda_rehaze_cycle must be 0 or positive, got {self.lambda_rehaze_cycle}"),
             (self.lambda_rehaze_cycle == 0 or self.method == "cdd-gan",
@@ -137,8 +123,6 @@ class TrainConfig:
             (self.lambda_dark_match >= 0, f"lambda_dark_match must be 0 or positive, got {self.lambda_dark_match}"),
             (self.lambda_dark_match == 0 or self.method == "cdd-gan",
              f"lambda_dark_match needs method cdd-gan, got {self.method!r}"),
-            (self.dark_match_statistic in ("mean", "distribution"),
-             f"dark_match_statistic must be 'mean' or 'distribution', got {self.dark_match_statistic!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,15 +138,10 @@ class TrainConfig:
         """The restorer's (``role="restore"``) or the degrader's (``"degrade"``) network configuration."""
         if self.output not in RUN_OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(RUN_OUTPUTS)}, got {self.output!r}")
-        output = RUN_OUTPUTS[self.output][0 if role == "restore" else 1]
-        return GeneratorConfig(channels=self.channels, width=self.width, blocks=self.blocks, upsample=self.upsample,
-                               output=output, dark_patch=self.dark_patch, refine=self.refine,
-                               airlight=self.airlight if role == "restore" else "predicted",  # haze invents its own
-                               estimate_size=self.estimate_size if role == "restore" else 0,
-                               pool_airlight=self.pool_airlight if role == "restore" else 0,
-                               guided_upsample=self.guided_upsample if role == "restore" else 0,
-                               dark_target=self.dark_target if role == "restore" else 0.0,
-                               airlight_floor=self.airlight_floor if role == "restore" else 0)
+        restorer = role == "restore"
+        values = {f.name: getattr(self, f.name) if restorer or not f.metadata.get("restorer_only") else f.default
+                  for f in dataclasses.fields(GeneratorConfig) if f.name != "output"}
+        return GeneratorConfig(output=RUN_OUTPUTS[self.output][0 if restorer else 1], **values)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -174,6 +153,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config saved as ``d``; fields of earlier versions that no longer exist are accepted at the value
+        that meant "off" (so older runs resume) and refused with a message at any other."""
+        d = drop_retired(d, RETIRED_FIELDS, "run")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -182,6 +164,29 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Fields earlier versions had, at the value that turned them off (none of the bundled models used them).
+RETIRED_FIELDS = {"refine": 0, "airlight": "predicted", "dark_target": 0.0, "lambda_rehaze": 0.0,
+                  "dark_match_statistic": "mean"}
+
+
+def drop_retired(values: dict, retired: dict, what: str) -> dict:
+    """``values`` without the ``retired`` keys, which must hold their "off" value (compared as text, since file
+    metadata holds strings); a ValueError names a key that holds another."""
+    live = [k for k in retired if k in values and str(values[k]) != str(retired[k])
+            and not (isinstance(retired[k], float) and _as_float(values[k]) == retired[k])]
+    if live:
+        raise ValueError(f"this {what} uses {', '.join(f'{k}={values[k]!r}' for k in live)}, an option this version "
+                         f"no longer has; an earlier release of napari-cdd-dehaze can still run it")
+    return {k: v for k, v in values.items() if k not in retired}
+
+
+def _as_float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # A run's ``output`` → its (restorer, degrader) generator outputs (networks.GeneratorConfig.output).

@@ -13,10 +13,8 @@
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,6 @@ from torch import nn
 
 OUTPUTS = ("image", "dehaze", "haze", "derain", "rain")
 HEAD_MAPS = {"dehaze": 2, "haze": 2, "derain": 3, "rain": 3}  # transmission, airlight (, streaks)
-AIRLIGHTS = ("predicted", "estimated")
 AIRLIGHT_FRACTION = 0.001  # He et al.: the airlight is sought among the 0.1 % haziest pixels
 MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He et al.'s t0)
 # Logit offsets of the scattering head at init: t ≈ 0.89 and a ≈ 0.82, a mild dehaze. Starting nearer the
@@ -37,9 +34,20 @@ MIN_ESTIMATE_SIZE = 64  # an estimate_size below this leaves too few pixels for 
 STREAK_OFFSET = -3.0  # streak layer ≈ 0.05 at init: near the identity, with a usable slope (0.045)
 
 
+# Generator fields of earlier versions, at the value that turned them off (no bundled model used them).
+RETIRED_GENERATOR_FIELDS = {"refine": 0, "airlight": "predicted", "dark_target": 0.0}
+# The restorer's inference policy: stored with its weights, read by the restore engine, never given to a degrader.
+RESTORER_ONLY = {"restorer_only": True}
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """What is needed to rebuild a generator from its weights (stored in every checkpoint)."""
+    """What is needed to rebuild a generator from its weights (stored in every checkpoint and restorer file).
+
+    The one declaration of a generator's fields: checkpoints write and read them, and a training config takes
+    them over, from ``dataclasses.fields`` of this class. Fields marked :data:`RESTORER_ONLY` are how a dehazing
+    restorer runs (its working scale); the bundled model uses all four.
+    """
 
     channels: int = 3
     width: int = 64
@@ -49,23 +57,19 @@ class GeneratorConfig:
     #                           with an additive streak layer on top: "derain" / "rain"
     dark_patch: int = 0       # scattering heads only: also feed the head the dark channel over this square
     #                           window (odd; 15 is He et al.'s); 0 = none
-    refine: int = 0           # scattering heads only: refine the transmission with a guided filter of this radius
-    #                           (the input's grey as guide, as He et al. refine theirs); 0 = none
-    airlight: str = "predicted"  # "dehaze" only: "estimated" takes one RGB airlight per image from the input
-    #                              (He et al.'s estimate, :func:`estimate_airlight`) instead of a map per pixel
-    estimate_size: int = 0    # "dehaze" only, at inference: the long side (pixels) at which t and a are estimated;
-    #                           a larger image is shrunk for the estimate and composed at full size (restore.py)
-    pool_airlight: int = 0    # with estimate_size: 1 replaces the head's grey airlight map by its mean over the image
-    #                           (over the working-scale copy at inference, over each crop in training)
-    guided_upsample: int = 0  # with estimate_size: carry t to full size with a fast guided filter of this radius
-    #                           (working-scale pixels; the input's grey as guide); 0 = bilinear (working_scale.py)
-    dark_target: float = 0.0  # with estimate_size: rescale the haze density of each image (t → t**s) so that the
-    #                           output's low dark-channel quantile at the working scale meets this value (that of
-    #                           clear photos); 0 = the head's t as it is (working_scale.py, calibrate_density)
-    airlight_floor: int = 0   # with estimate_size: compose with at least He et al.'s grey airlight of the input (the
-    #                           working-scale copy at inference, each crop in training; dark channel over this odd
-    #                           window), t changed so that the head's veil a·(1 − t) stays as it was; 0 = the head's
-    #                           airlight (floor_airlight)
+    # "dehaze" only, at inference: the long side (pixels) at which t and a are estimated; a larger image is shrunk
+    # for the estimate and composed at full size (restore/working_scale.py)
+    estimate_size: int = field(default=0, metadata=RESTORER_ONLY)
+    # with estimate_size: 1 replaces the head's grey airlight map by its mean over the image (over the
+    # working-scale copy at inference, over each crop in training)
+    pool_airlight: int = field(default=0, metadata=RESTORER_ONLY)
+    # with estimate_size: carry t to full size with a fast guided filter of this radius (working-scale pixels;
+    # the input's grey as guide); 0 = bilinear
+    guided_upsample: int = field(default=0, metadata=RESTORER_ONLY)
+    # with estimate_size: compose with at least He et al.'s grey airlight of the input (the working-scale copy at
+    # inference, each crop in training; dark channel over this odd window), t changed so that the head's veil
+    # a·(1 − t) stays as it was; 0 = the head's airlight (floor_airlight)
+    airlight_floor: int = field(default=0, metadata=RESTORER_ONLY)
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.width < 1 or self.blocks < 1:
@@ -77,13 +81,6 @@ class GeneratorConfig:
         if self.dark_patch and (self.output == "image" or self.dark_patch < 0 or self.dark_patch % 2 == 0):
             raise ValueError(f"dark_patch must be 0 or an odd size for a scattering output, got {self.dark_patch} "
                              f"with output {self.output!r}")
-        if self.refine and (self.output == "image" or self.refine < 0):
-            raise ValueError(f"refine must be 0 or a positive radius for a scattering output, got {self.refine} "
-                             f"with output {self.output!r}")
-        if self.airlight not in AIRLIGHTS or (self.airlight == "estimated" and self.output != "dehaze"):
-            raise ValueError(f"airlight must be one of {AIRLIGHTS} ('estimated' only for the 'dehaze' output), "
-                             f"got {self.airlight!r} with output {self.output!r}")
-
         if self.estimate_size and (self.output != "dehaze" or self.estimate_size < MIN_ESTIMATE_SIZE):
             raise ValueError(f"estimate_size must be 0 or at least {MIN_ESTIMATE_SIZE} for the 'dehaze' output, "
                              f"got {self.estimate_size} with output {self.output!r}")
@@ -93,9 +90,6 @@ class GeneratorConfig:
         if self.guided_upsample < 0 or (self.guided_upsample and not self.estimate_size):
             raise ValueError(f"guided_upsample must be 0 or a positive radius, and positive only with an "
                              f"estimate_size, got {self.guided_upsample}")
-        if not 0 <= self.dark_target < 1 or (self.dark_target and not self.estimate_size):
-            raise ValueError(f"dark_target must be in [0, 1), and above 0 only with an estimate_size, "
-                             f"got {self.dark_target}")
         floor = self.airlight_floor
         if floor < 0 or (floor and (floor % 2 == 0 or not self.estimate_size)):
             raise ValueError(f"airlight_floor must be 0 or an odd window, and above 0 only with an estimate_size, "
@@ -103,14 +97,8 @@ class GeneratorConfig:
 
     @property
     def head_reach(self) -> int:
-        """How far (pixels) the head's output reads beyond its 7×7 conv: the dark channel's window, and the
-        guided filter's two box filters (the second averages coefficients the first computed over its window)."""
-        return self.dark_patch // 2 + 2 * self.refine
-
-    @property
-    def airlight_patch(self) -> int:
-        """The dark-channel window of the airlight estimate: ``dark_patch``, or He et al.'s 15 without one."""
-        return self.dark_patch or 15
+        """How far (pixels) the head's output reads beyond its 7×7 conv: the dark channel's window."""
+        return self.dark_patch // 2
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -172,9 +160,7 @@ def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIR
     """He et al.'s airlight of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, C, 1, 1).
 
     Among the pixels whose dark channel (``patch`` window) is at least the ``fraction``-quantile from the top
-    (ties included), the brightest (largest channel sum; the first in raster order on a tie). Deterministic,
-    so a streamed pass that finds the same pixel band by band agrees exactly
-    (:func:`~napari_cdd_dehaze.streaming.streamed_airlight`).
+    (ties included), the brightest (largest channel sum; the first in raster order on a tie).
     """
     dark = dark_channel(unit, patch).flatten(1)
     count = max(1, math.ceil(fraction * dark.shape[1]))
@@ -287,40 +273,17 @@ class ResnetGenerator(nn.Module):
             decoder += [nn.ReflectionPad2d(3), nn.Conv2d(w, c, kernel_size=7), nn.Tanh()]
         else:  # transmission, (grey) airlight (and streaks) from the features *and* the input's intensities
             priors = 1 + (config.dark_patch > 0)
-            maps = HEAD_MAPS[config.output] - (config.airlight == "estimated")
-            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + priors, maps, 7))
+            self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + priors, HEAD_MAPS[config.output], 7))
         self.decoder = nn.Sequential(*decoder)
-        self.imposed_airlight: torch.Tensor | None = None
 
-    def airlight(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The estimated airlight (B, C, 1, 1) of ``x`` in [-1, 1], or the imposed one; None if predicted.
-
-        A network trained on crops estimates it from each crop; at inference it is a whole-image statistic,
-        so tiled and streamed passes compute it once per image and impose it (:meth:`imposing_airlight`).
-        """
-        if self.config.airlight != "estimated":
-            return None
-        if self.imposed_airlight is not None:
-            return self.imposed_airlight.to(x.device, x.dtype)
-        return estimate_airlight((x.float() + 1) / 2, self.config.airlight_patch).to(x.dtype)
-
-    @contextlib.contextmanager
-    def imposing_airlight(self, airlight: torch.Tensor | None) -> Iterator[None]:
-        """Within the block, every forward uses ``airlight`` (B, C, 1, 1) in [0, 1] instead of its own estimate."""
-        previous, self.imposed_airlight = self.imposed_airlight, airlight
-        try:
-            yield
-        finally:
-            self.imposed_airlight = previous
-
-    def decode(self, x: torch.Tensor, features: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The decoder's output: the image, or the scattering head's maps."""
         decoded = self.decoder(features)
         if self.head is None:
             return decoded
-        return self.head(torch.cat([decoded, self.intensity_priors(x, airlight)], dim=1))
+        return self.head(torch.cat([decoded, self.intensity_priors(x)], dim=1))
 
-    def intensity_priors(self, x: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
+    def intensity_priors(self, x: torch.Tensor) -> torch.Tensor:
         """What the scattering head sees of the input besides the decoded features.
 
         The input itself and its per-pixel channel minimum (the dark channel before the spatial minimum).
@@ -328,40 +291,31 @@ class ResnetGenerator(nn.Module):
         change of intensity, and uniform haze, I = J·t + a·(1 − t), is one. Measured: a head fed only the
         normalised features predicted the same t ≈ 0.98 for hazy and clear images after 400 steps. With
         ``dark_patch``, also the dark channel proper (the channel minimum's minimum over a square window,
-        He et al.'s haze statistic), which a linear head cannot compute from the pixels it sees. With an
-        estimated airlight both minima are taken of the input divided by it (mapped back to [-1, 1]), as He et
-        al. do: the dark channel of I/A is 1 − t under the prior.
+        He et al.'s haze statistic), which a linear head cannot compute from the pixels it sees.
         """
-        if self.config.airlight == "estimated":
-            airlight = self.airlight(x) if airlight is None else airlight
-            darkest = ((x + 1) / airlight.clamp_min(1e-3)).amin(dim=1, keepdim=True) - 1
-        else:
-            darkest = x.amin(dim=1, keepdim=True)
+        darkest = x.amin(dim=1, keepdim=True)
         if not self.config.dark_patch:
             return torch.cat([x, darkest], dim=1)
         dark = dark_channel(darkest, self.config.dark_patch)
         return torch.cat([x, darkest, dark], dim=1)
 
-    def compose(self, x: torch.Tensor, decoded: torch.Tensor, airlight: torch.Tensor | None = None) -> torch.Tensor:
+    def compose(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
         """The output image from the decoder's maps.
 
         ``"image"``: the decoder's output itself. The scattering model I = J·t + a·(1 − t) instead ties the
         output to the input pixel by pixel: the decoder predicts a transmission t ∈ [0.1, 1] and a grey
         airlight a ∈ [0, 1] per pixel, and ``"dehaze"`` returns J = (I − a)/t + a, ``"haze"`` returns
         I·t + a·(1 − t). Every channel gets the same affine map, so hue cannot drift; only contrast and
-        the veil change. With ``airlight="estimated"`` the head predicts t alone and a is the image's RGB
-        airlight (:meth:`airlight`, or ``airlight`` given). ``"derain"``/``"rain"`` add a third map, a grey
+        the veil change. ``"derain"``/``"rain"`` add a third map, a grey
         streak layer s ∈ [0, 1] (rain streaks are bright, additive and colourless): I = (J + s)·t + a·(1 − t),
         the rain synthesis of :func:`~napari_cdd_dehaze.synthesis.add_rain` with its veil. The offsets start
-        the network near the identity. With ``refine`` the transmission is smoothed by a guided filter with
-        the input's grey as guide: measured on validation photos, texture in t (the adversarial term's way of
-        adding contrast) cost 1–2 dB that the same filter applied afterwards won back.
+        the network near the identity.
         """
         output = self.config.output
         if output == "image":
             return decoded
         unit = (x + 1) / 2
-        t, a = self.scattering_maps(x, decoded, airlight)
+        t, a = self.scattering_maps(x, decoded)
         if output == "dehaze":
             y = (unit - a) / t + a
         elif output == "haze":
@@ -371,21 +325,14 @@ class ResnetGenerator(nn.Module):
             y = (unit - a) / t + a - streaks if output == "derain" else (unit + streaks) * t + a * (1 - t)
         return y.clamp(0, 1) * 2 - 1
 
-    def scattering_maps(self, x: torch.Tensor, decoded: torch.Tensor,
-                        airlight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transmission t (B, 1, H, W) and airlight a ((B, 1, H, W) grey, or (B, C, 1, 1) estimated) in [0, 1]
+    def scattering_maps(self, x: torch.Tensor, decoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transmission t (B, 1, H, W) and grey airlight a (B, 1, H, W; (B, 1, 1, 1) pooled) in [0, 1]
         that :meth:`compose` applies, from the head's maps ``decoded`` of input ``x``; with ``airlight_floor``,
         floored on ``x`` (:func:`floor_airlight`)."""
         t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
-        if self.config.refine:  # smooth where the input is, sharp at its edges: no texture of its own in t
-            unit = (x.float() + 1) / 2
-            t = guided_filter(luminance(unit), t, self.config.refine).clamp(MIN_TRANSMISSION, 1).to(t.dtype)
-        if self.config.airlight == "estimated":
-            a = self.airlight(x) if airlight is None else airlight
-        else:
-            a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
-            if self.config.pool_airlight:  # one atmosphere: one grey airlight per image (per crop in training)
-                a = a.mean(dim=(-2, -1), keepdim=True)
+        a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+        if self.config.pool_airlight:  # one atmosphere: one grey airlight per image (per crop in training)
+            a = a.mean(dim=(-2, -1), keepdim=True)
         if self.config.airlight_floor:  # at least He et al.'s airlight of this input (working copy, or crop)
             t, a = floor_airlight((x + 1) / 2, t, a, self.config.airlight_floor)
         return t, a
@@ -413,21 +360,19 @@ class ResnetGenerator(nn.Module):
         One pass gives both the image and the features, so a contrastive loss never needs a second
         encoder pass over an image that was just translated.
         """
-        airlight = self.airlight(x)  # once per pass: the head's priors and the composition share it
         if not layers:
-            return self.compose(x, self.decode(x, self.encoder(x), airlight), airlight)
+            return self.compose(x, self.decode(x, self.encoder(x)))
         features = self.encode(x, layers, stop_early=False)
-        out = self.compose(x, self.decode(x, features.pop(), airlight), airlight)
+        out = self.compose(x, self.decode(x, features.pop()))
         return out, features
 
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The output of a scattering generator and the transmission and airlight it composed it with."""
         if self.head is None:
             raise ValueError("forward_with_maps needs a scattering output head, this generator outputs images")
-        airlight = self.airlight(x)
-        decoded = self.decode(x, self.encoder(x), airlight)
-        t, a = self.scattering_maps(x, decoded, airlight)
-        return self.compose(x, decoded, airlight), t, a
+        decoded = self.decode(x, self.encoder(x))
+        t, a = self.scattering_maps(x, decoded)
+        return self.compose(x, decoded), t, a
 
     def encode(self, x: torch.Tensor, layers: tuple[int, ...], stop_early: bool = True) -> list[torch.Tensor]:
         """Encoder features at ``layers``; with ``stop_early`` the encoder stops after the last tap.

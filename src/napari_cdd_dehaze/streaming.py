@@ -26,7 +26,6 @@ image size.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .networks import AIRLIGHT_FRACTION, InstanceNorm, ResidualBlock, ResnetGenerator, dark_channel
+from .networks import InstanceNorm, ResidualBlock, ResnetGenerator
 
 Rows = Callable[[int, int], torch.Tensor]  # (y0, y1) → (1, C, y1 - y0, W) float32 on the compute device
 
@@ -227,45 +226,6 @@ def plan(generator: ResnetGenerator) -> list[Stage]:
     return stages
 
 
-def streamed_airlight(image: Rows, height: int, width: int, patch: int, band_rows: int,
-                      fraction: float = AIRLIGHT_FRACTION) -> torch.Tensor:
-    """:func:`~napari_cdd_dehaze.networks.estimate_airlight` of the image behind ``image`` (rows in [-1, 1]),
-    read ``band_rows`` rows at a time: the same pixel, so exactly the same airlight, in memory bounded by a band.
-
-    Each band (with the window's reach of halo rows) proposes its pixels that could still be among the
-    ``count`` haziest of the image; the running list keeps only those at or above its own ``count``-th value.
-    """
-    count, reach = max(1, math.ceil(fraction * height * width)), patch // 2
-    dark_kept = torch.empty(0, dtype=torch.float32)
-    index_kept, bright_kept, colour_kept = torch.empty(0, dtype=torch.long), torch.empty(0), None
-    for y0 in range(0, height, band_rows):
-        y1 = min(y0 + band_rows, height)
-        s, e = max(0, y0 - reach), min(height, y1 + reach)
-        unit = (image(s, e).float() + 1) / 2
-        dark = dark_channel(unit, patch)
-        dark, unit = dark[0, 0, y0 - s:y1 - s].flatten().cpu(), unit[0, :, y0 - s:y1 - s].flatten(1).cpu()
-        dark_kept = torch.cat([dark_kept, dark])
-        index_kept = torch.cat([index_kept, torch.arange(y0 * width, y1 * width)])
-        bright_kept = torch.cat([bright_kept, unit.sum(dim=0)])
-        colour_kept = unit if colour_kept is None else torch.cat([colour_kept, unit], dim=1)
-        threshold = dark_kept.topk(min(count, dark_kept.numel())).values[-1]
-        keep = dark_kept >= threshold
-        dark_kept, index_kept, bright_kept = dark_kept[keep], index_kept[keep], bright_kept[keep]
-        colour_kept = colour_kept[:, keep]
-    best = bright_kept.max()  # the brightest candidate; on a tie the first in raster order, as the whole pass
-    pick = index_kept.masked_fill(bright_kept < best, height * width).argmin()
-    return colour_kept[:, pick].reshape(1, -1, 1, 1)
-
-
-def image_airlight(generator: ResnetGenerator, read: Callable[[int, int, int, int], torch.Tensor], height: int,
-                   width: int, device: torch.device, band_rows: int) -> torch.Tensor | None:
-    """The airlight of the image behind ``read`` for a generator that estimates it (None otherwise), by row bands."""
-    if generator.config.airlight != "estimated":
-        return None
-    return streamed_airlight(lambda y0, y1: read(y0, y1, 0, width).to(device), height, width,
-                             generator.config.airlight_patch, band_rows).to(device)
-
-
 class StreamedRunner:
     """Runs a :class:`ResnetGenerator` over an image of any size, stage by stage (see the module docstring).
 
@@ -313,12 +273,6 @@ class StreamedRunner:
         """Restore the ``height``×``width`` image behind ``read`` (multiples of 4) into ``write``, by row bands."""
         if height % 4 or width % 4:
             raise ValueError(f"image size must be a multiple of 4, got {height}×{width}")
-        band = self.band_rows(self.stages[0], width)
-        airlight = image_airlight(self.generator, read, height, width, self.device, band)  # before any stage
-        with self.generator.imposing_airlight(airlight):
-            self._run(read, write, height, width, progress)
-
-    def _run(self, read, write, height: int, width: int, progress) -> None:
         device, stages = self.device, iter(self.stages)
         self._ticks, self._total, self._progress = 0, self._bands(height, width), progress
 

@@ -19,9 +19,6 @@
     and rejected: each pass makes one more layer exact, but the layers behind it can move further away (a
     test network went from 0.77 to 1.0 max error after one pass). Streaming replaced it.
 
-  - *The airlight* of a generator that estimates it (``airlight="estimated"``) is one value per image, found
-    once by row bands (exactly the whole-image estimate) and imposed on every tile.
-
   Tiles cost a statistics pass plus the margins' recomputation (about 2.3× a whole pass at 1024² with
   512-pixel tiles); they remain for comparison and for callers that want windows.
 """
@@ -36,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .networks import InstanceNorm, ResnetGenerator
-from .streaming import StreamedRunner, image_airlight
+from .streaming import StreamedRunner
 from .working_scale import run_at_working_scale
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
@@ -115,9 +112,9 @@ class TiledRunner:
     ``scratch_dir``; ``band_elements`` bounds one band. ``should_stop()`` is called before each tile or band;
     when it returns True, :class:`Cancelled` is raised. ``estimate_size`` (a dehazing restorer's working scale,
     :mod:`~napari_cdd_dehaze.working_scale`): an image with a longer side is dehazed from maps estimated on a
-    copy shrunk to it, whatever the other settings (every image, with ``pool_airlight``, ``guided_upsample``,
-    ``dark_target`` or ``airlight_floor``, so that all get one airlight, the same guided transmission, the same
-    density calibration and the same airlight floor). When the device runs out of memory (or a tensor is past a
+    copy shrunk to it, whatever the other settings (every image, with ``pool_airlight``, ``guided_upsample``
+    or ``airlight_floor``, so that all get one airlight, the same guided transmission and the same airlight
+    floor). When the device runs out of memory (or a tensor is past a
     GPU kernel's 32-bit indexing), the tile size is halved (streaming: the stores leave the device, then the band
     is halved) and the image started again.
     """
@@ -168,12 +165,12 @@ class TiledRunner:
         """
         config = self.generator.config
         if self.estimate_size and (max(height, width) > self.estimate_size or config.pool_airlight
-                                   or config.guided_upsample or config.dark_target or config.airlight_floor):
+                                   or config.guided_upsample or config.airlight_floor):
             return run_at_working_scale(self.generator, self.device, read, write, height, width, self.estimate_size,
                                         self.band_elements, self.autocast_dtype, self._check_stop, progress)
         if self.tile is None and height * width > self.whole_max_pixels:
             return self._run_streamed(read, write, height, width, progress)
-        tile, stats, airlight = self.tile or max(height, width), None, None  # 0 or None (small image): whole
+        tile, stats = self.tile or max(height, width), None  # 0 or None (small image): whole
         while True:
             try:
                 if tile >= max(height, width):  # whole image: its own statistics, one pass
@@ -182,12 +179,9 @@ class TiledRunner:
                     if progress is not None:
                         progress(1, 1)
                     return
-                if airlight is None:
-                    airlight = image_airlight(self.generator, read, height, width, self.device, band_rows=256)
                 if stats is None:
-                    with self.generator.imposing_airlight(airlight):  # also for a block-averaged statistics pass
-                        stats = self.statistics(read, height, width)
-                with imposed_statistics(self.generator, stats), self.generator.imposing_airlight(airlight):
+                    stats = self.statistics(read, height, width)
+                with imposed_statistics(self.generator, stats):
                     self._run_tiles(read, write, height, width, tile, progress)
                 return
             except (RuntimeError, torch.OutOfMemoryError) as exc:

@@ -16,6 +16,7 @@ well-defined global batch) in any other.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import warnings
@@ -33,13 +34,14 @@ from .data import ImageFolder, UnpairedBatches
 from .devices import pick_device
 from .distributed import replicas_from_environment
 from .methods import build_method
+from .networks import GeneratorConfig
 
 # What a resumed run may change: how long and where it runs, and how the restorer composes its output (fields
 # without weights of their own; a run resumed with ``airlight_floor`` trains with the floor from there on, as
 # the bundled model's second stage did). batch_size is here so that a run can move to another number of
 # processes and keep its global batch (batch_size × world_size).
 RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size",
-                      "airlight_floor", "guided_upsample", "dark_target")
+                      "airlight_floor", "guided_upsample")
 
 
 def resume_config(run_dir: str | Path, **changes) -> TrainConfig:
@@ -81,9 +83,7 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
 
 ARCHITECTURE_FIELDS = RESTORER_FIELDS  # what a restorer file records of its network
 # What run folders written before these fields existed hold.
-ARCHITECTURE_DEFAULTS = {"dark_patch": 0, "refine": 0, "airlight": "predicted", "estimate_size": 0,
-                         "pool_airlight": 0, "guided_upsample": 0, "dark_target": 0.0,
-                         "airlight_floor": 0}
+ARCHITECTURE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
 
 
 def architecture_of(source: str | Path) -> dict:

@@ -11,11 +11,8 @@ size along the input's own edges instead (He & Sun's fast guided filter: the coe
 fit t ≈ slope·grey + offset are computed on the shrunk copy, resized, and applied to the full-size grey),
 so a near object's edge against a far background is not smeared by the coarse map. With ``pool_airlight``
 the head's grey airlight map is replaced by its mean over the image: homogeneous haze has one airlight, and
-a map lets the head trade airlight against transmission from place to place. With ``dark_target`` the head
-sets the shape of the haze (which parts are far, which near) and the dark channel prior sets its density, per
-image: t becomes t**s, which is the scattering model's density β scaled by s, with s chosen so that the low
-quantile of the output's dark channel meets that of clear photos (:func:`calibrate_density`). With
-``airlight_floor`` the airlight is at least He et al.'s estimate from the shrunk copy, the head's veil kept
+a map lets the head trade airlight against transmission from place to place.
+With ``airlight_floor`` the airlight is at least He et al.'s estimate from the shrunk copy, the head's veil kept
 (:func:`floor_airlight`). Measured on validation photos (never on the evaluation sets) in
 ``training/README.md``; it is also far cheaper than a full-resolution pass.
 
@@ -31,13 +28,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator, dark_channel,
+from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator,
                        guided_coefficients, luminance)
 
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
-DARK_QUANTILE = 0.05        # calibrate_density: the quantile of the output's dark channel that is matched
-DARK_PATCH = 5              # ... over this window of working-scale pixels (He et al.'s 15 on photos ~3× larger)
-DENSITY_SCALES = (0.5, 3.0)  # ... and the range of the density factor s (t → t**s)
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
@@ -98,49 +92,13 @@ def upsample_rows(maps: torch.Tensor, full_height: int, full_width: int, y0: int
     return rows[..., c0] * (1 - wc) + rows[..., c1] * wc
 
 
-def output_dark_quantile(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """The :data:`DARK_QUANTILE` quantile of the dark channel of J = (unit − a)/t + a, one per image (B,)."""
-    restored = ((unit - a) / t + a).clamp(0, 1)
-    return torch.quantile(dark_channel(restored, DARK_PATCH).flatten(1), DARK_QUANTILE, dim=1)
-
-
-def calibrate_density(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor, target: float,
-                      steps: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """t**s and s (B,), with s in :data:`DENSITY_SCALES` chosen per image so that the output's dark-channel
-    quantile (:func:`output_dark_quantile`) meets ``target``; ``unit`` (B, C, h, w) is the working-scale input
-    in [0, 1], t and a the head's maps.
-
-    Why it was built: on our validation suites the restorers left half the veil on a dim scene under a bright
-    one. Clear photos have a dark channel near 0 in their darkest parts whatever their light (He et al.'s
-    prior); matching a low quantile rather than the mean leaves bright, textureless content alone. A lower
-    quantile falls as s rises (J moves away from a where the input is darker than the veil), so s is found by
-    bisection on log s; where even the range's end cannot meet the target, the end is taken. What it did: on
-    those suites it gained (the dim scene by about 3 dB); on the held-out evaluation sets it lost on every
-    paired set for every model tried (``training/README.md``), so no shipped model uses it.
-    """
-    t = t.clamp(min=MIN_TRANSMISSION)
-    low, high = (torch.full(unit.shape[:1], math.log(v), device=unit.device) for v in DENSITY_SCALES)
-
-    def quantile_at(log_s: torch.Tensor) -> torch.Tensor:
-        return output_dark_quantile(unit, t ** log_s.exp().view(-1, 1, 1, 1), a)
-
-    for _ in range(steps):
-        middle = (low + high) / 2
-        too_hazy = quantile_at(middle) > target  # still above the target: more density to remove
-        low, high = torch.where(too_hazy, middle, low), torch.where(too_hazy, high, middle)
-    scale = ((low + high) / 2).exp()
-    return t ** scale.view(-1, 1, 1, 1), scale
-
-
 def _scattering_maps(generator: ResnetGenerator, small: torch.Tensor,
                      autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps the output is composed with: the head's (with ``airlight_floor``, its airlight already floored by
-    :meth:`~napari_cdd_dehaze.networks.ResnetGenerator.scattering_maps`), with ``dark_target`` its t calibrated."""
+    :meth:`~napari_cdd_dehaze.networks.ResnetGenerator.scattering_maps`)."""
     with torch.autocast(small.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
     t, a = t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)
-    if generator.config.dark_target:
-        t = calibrate_density((small.float() + 1) / 2, t, a, generator.config.dark_target)[0]
     return t, a
 
 
@@ -151,7 +109,7 @@ def haze_at_working_scale(generator: ResnetGenerator, image: torch.Tensor,
     [-1, 1] with, at the working shape (an image within ``size`` at its own, padded to a multiple of 4); ``size``
     defaults to the generator's ``estimate_size``. With ``pool_airlight`` the airlight is one grey value: what
     the restorer reads the veil as. With ``guided_upsample`` t is the one before the guided fit that carries it
-    to full size; with ``dark_target``, after the density calibration; with ``airlight_floor``, floored."""
+    to full size; with ``airlight_floor``, floored."""
     size = size or generator.config.estimate_size
     if generator.config.output != "dehaze" or not size:
         raise ValueError("haze_at_working_scale needs a dehazing restorer and a working size "

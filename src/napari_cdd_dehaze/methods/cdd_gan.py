@@ -109,9 +109,6 @@ class CDDGAN(CycleContrastMethod):
             loss_generators = (c.lambda_gan * loss_gan + c.lambda_nce * loss_nce
                                + c.lambda_cycle * loss_cycle + c.lambda_identity * loss_identity)
         extra = {}
-        if c.lambda_rehaze > 0:
-            extra["rehaze"] = self.rehaze_loss(degraded, out, rng)
-            loss_generators = loss_generators + c.lambda_rehaze * extra["rehaze"]
         if c.lambda_rehaze_cycle > 0:
             extra["rehaze_cycle"] = self.rehaze_cycle_loss(degraded, out, rng)
             loss_generators = loss_generators + c.lambda_rehaze_cycle * extra["rehaze_cycle"]
@@ -179,31 +176,6 @@ class CDDGAN(CycleContrastMethod):
                 count += 1
         return total / count
 
-    def rehaze_loss(self, degraded: torch.Tensor, out: Translations, rng: torch.Generator) -> torch.Tensor:
-        """Re-haze consistency: the restorer must read back an airlight it did not choose.
-
-        Its output J = G(x) on a hazy batch is hazed again with G's own transmission t of x and a grey airlight
-        A* drawn uniformly from ``rehaze_airlight``, I* = J·t + A*·(1 − t), and G's airlight of I* must be
-        A* (mean absolute difference). The target is made from unpaired hazy images alone. Why: the unpaired
-        terms cannot tell a bright veil from a bright scene, and a pooled airlight trained on them alone
-        settled near the middle of the training range on every input (training/README.md, "Working scale and
-        one airlight in training"); here A* is known. Only the airlight is compared: asking G(I*) to give back
-        J as well has a trivial minimum, t = 1 everywhere (then I* = J): trained on that term alone, a width-8
-        restorer's mean transmission went from 0.37 to 0.99 in 50 steps, an identity collapse.
-        """
-        b = degraded.shape[0]
-        with torch.no_grad(), self._autocast():
-            _, transmission, _ = self.restorer.forward_with_maps(degraded)
-        low, high = self.config.rehaze_airlight
-        draws = torch.rand(b * self.replicas.world_size, 1, 1, 1, generator=rng)[self.replicas.batch_slice(b)]
-        airlight = (low + (high - low) * draws).to(degraded.device)
-        scene = out.fake_clean.detach().float()
-        transmission = transmission.float()
-        rehazed = ((scene + 1) / 2 * transmission + airlight * (1 - transmission)) * 2 - 1
-        with self._autocast():
-            _, _, read_airlight = self.restorer.forward_with_maps(rehazed)
-        return (read_airlight.float() - airlight).abs().mean()
-
     def rehaze_cycle_loss(self, degraded: torch.Tensor, out: Translations, rng: torch.Generator) -> torch.Tensor:
         """Haze cycle: the restorer must take back a haze it did not make, from its own output.
 
@@ -212,8 +184,9 @@ class CDDGAN(CycleContrastMethod):
         (guided-filtered, so it follows x's depth edges) raised to a power p drawn from ``rehaze_power``
         (p < 1: lighter than x's own haze, p > 1: denser), floored at the restorer's own least transmission
         so that G can undo it everywhere. G(I*) must give back J (L1, J detached). Unlike asking for J
-        back from G's *own* transmission (:meth:`rehaze_loss` explains why that collapses to t = 1), t*
-        owes nothing to G, so the identity does not satisfy it: G must undo exactly the haze that was
+        back from G's *own* transmission (whose trivial minimum is t = 1 everywhere, the identity: a width-8
+        restorer trained on that alone reached a mean t of 0.99 in 50 steps), t* owes nothing to G, so the
+        identity does not satisfy it: G must undo exactly the haze that was
         added, its level (over- and under-dehazing both fail) and its airlight. Hazy images alone make
         the target; nothing here sees a clean image.
         """
@@ -270,28 +243,12 @@ class CDDGAN(CycleContrastMethod):
         term is a per-sample L1 whose minimiser is the median of the clean images' statistic: it pulls the
         restored images' haze level to that of clear photos, in either direction, and says nothing about
         where in the image. Gradients reach G through the output, t and a alike.
-
-        ``dark_match_statistic: distribution`` compares the two images' dark-channel *distributions* instead
-        of their means: the 1-D Wasserstein distance between the two sets of pixel values, the mean absolute
-        difference of the sorted values (the clean image's quantiles at the restored pixels' ranks where the
-        sizes differ), so every pixel gets a gradient, as with the mean. A veil that is lifted on average but
-        left in the darkest parts of the scene keeps the low quantiles high, which the mean cannot see; the
-        low quantiles of clear photos are also the steadiest part of the statistic (near 0 in almost every
-        photo: the dark channel prior).
         """
         patch = self.config.dark_patch or 15
         restored = dark_channel((out.fake_clean.float() + 1) / 2, patch).flatten(1)
         with torch.no_grad():
             target = dark_channel((clean.float() + 1) / 2, patch).flatten(1)
-        if self.config.dark_match_statistic == "mean":
-            return (restored.mean(dim=1) - target.mean(dim=1)).abs().mean()
-        restored = restored.sort(dim=1).values
-        if target.shape == restored.shape:
-            target = target.sort(dim=1).values
-        else:
-            levels = (torch.arange(restored.shape[1], dtype=target.dtype) + 0.5) / restored.shape[1]
-            target = torch.quantile(target, levels, dim=1).T
-        return (restored - target).abs().mean()
+        return (restored.mean(dim=1) - target.mean(dim=1)).abs().mean()
 
     def _noise(self, queries: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         b, k, _ = queries.shape

@@ -49,8 +49,8 @@ def run(processes: int, recipe: dict, folders: dict, work: Path, threads: int, w
 
 
 def main() -> int:
-    from napari_cdd_dehaze.config import preset
-    from napari_cdd_dehaze.synthesis import write_demo_folders
+    from napari_cdd_dehaze.gan.config import preset
+    from napari_cdd_dehaze.imaging.synthesis import write_demo_folders
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu")

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
+from napari_cdd_dehaze.imaging.synthesis import demo_photos, random_haze
 from napari_cdd_dehaze.models import load_model
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
-from napari_cdd_dehaze.synthesis import demo_photos, random_haze
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
 
 def hazy_photos(side: int) -> dict[str, np.ndarray]:

@@ -94,8 +94,8 @@ def synthetic_image(side: int, channels: int, dtype: str) -> np.ndarray:
 def measure(case: str, width: int, blocks: int, precision: str, device: str = "cpu",
             settings: dict | None = None) -> dict:
     """One case in this process; ``settings`` override :class:`RestoreOptions` fields (an A/B of the engine)."""
-    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+    from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     side, channels, dtype, tile = CASES[case]
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ import torch
 from bench_precision import hazy_photos
 
 from napari_cdd_dehaze.models import load_model
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
 WAYS = {  # name: RestoreOptions fields
     "whole": {"tile": 0},

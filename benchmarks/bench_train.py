@@ -35,7 +35,7 @@ CASES = {  # name: (preset, crop)
 
 def _redundant_method(config):
     """CDD-GAN with the public code's pass layout (same losses, more generator passes)."""
-    from napari_cdd_dehaze.methods.cdd_gan import CDDGAN, Translations
+    from napari_cdd_dehaze.gan.methods.cdd_gan import CDDGAN, Translations
 
     class Redundant(CDDGAN):
         def translate(self, degraded, clean):
@@ -58,8 +58,8 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(case: str, precision: str, variant: str, steps: int, channels_last: bool, device: str = "cpu") -> dict:
-    from napari_cdd_dehaze.config import preset
-    from napari_cdd_dehaze.methods import build_method
+    from napari_cdd_dehaze.gan.config import preset
+    from napari_cdd_dehaze.gan.methods import build_method
 
     name, crop = CASES[case]
     config = preset(name, crop=crop, precision=precision, device=device)

@@ -27,7 +27,7 @@ def child(side: int, estimate_size: int, device: str, model_spec: str) -> dict:
     from skimage import data
 
     from napari_cdd_dehaze.models import load_model
-    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     torch.set_num_threads(torch.get_num_threads())
     k = -(-side // 512)  # nearest-neighbour enlargement in uint8: no float copy of the image in the peak RSS

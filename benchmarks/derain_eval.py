@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_cdd_dehaze.config import preset
-from napari_cdd_dehaze.data import list_images
-from napari_cdd_dehaze.image_files import IntensityMap, read_image, to_channels, write_image
 from napari_cdd_dehaze.evaluate import evaluate
-from napari_cdd_dehaze.synthesis import demo_photos, random_rain
-from napari_cdd_dehaze.trainer import Trainer
+from napari_cdd_dehaze.gan.config import preset
+from napari_cdd_dehaze.gan.data import list_images
+from napari_cdd_dehaze.gan.trainer import Trainer
+from napari_cdd_dehaze.imaging.synthesis import demo_photos, random_rain
+from napari_cdd_dehaze.io.image_files import IntensityMap, read_image, to_channels, write_image
 
 
 def to_u8(a: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
+from napari_cdd_dehaze.gan.checkpoint import load_restorer, save_restorer
 
 
 def main() -> int:

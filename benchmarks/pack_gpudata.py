@@ -21,12 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from napari_cdd_dehaze.data import list_images
-from napari_cdd_dehaze.image_files import read_image
+from napari_cdd_dehaze.gan.data import list_images
+from napari_cdd_dehaze.io.image_files import read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 from make_hazy_set import shrink, to_u8, unit_rgb  # noqa: E402  (the training set's own conversions)
-
 
 PACK_MARKER = ".packed"  # written into every pack: only a folder holding it may be replaced
 

@@ -16,7 +16,7 @@ import napari
 from qtpy.QtWidgets import QApplication
 from skimage.io import imsave
 
-from napari_cdd_dehaze.synthesis import write_demo_folders
+from napari_cdd_dehaze.imaging.synthesis import write_demo_folders
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cdd_dehaze.config import TrainConfig, preset
-from napari_cdd_dehaze.image_files import write_image
-from napari_cdd_dehaze.synthesis import demo_photos, random_haze, random_rain
+from napari_cdd_dehaze.gan.config import TrainConfig, preset
+from napari_cdd_dehaze.imaging.synthesis import demo_photos, random_haze, random_rain
+from napari_cdd_dehaze.io.image_files import write_image
 
 torch.set_num_threads(2)
 
@@ -56,7 +56,7 @@ def rainy_folders(tmp_path: Path, photos) -> tuple[Path, Path]:
 
 def _working_scale_dehazer(**fields):
     """A tiny pooled dehazing restorer with a 64-pixel working scale (seeded), plus any restorer ``fields``."""
-    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
+    from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
 
     torch.manual_seed(0)
     return ResnetGenerator(GeneratorConfig(width=8, blocks=2, output="dehaze", dark_patch=15, estimate_size=64,
@@ -77,9 +77,9 @@ def check_inference_field(tmp_path):
     written before the field existed with it off, and takes it from a recipe for the restorer only."""
     from safetensors.torch import save
 
-    from napari_cdd_dehaze import working_scale
-    from napari_cdd_dehaze.checkpoint import load_restorer, read_safetensors, save_restorer
-    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer, read_safetensors, save_restorer
+    from napari_cdd_dehaze.restore import working_scale
+    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     def check(field: str, value, adjust, hazy: np.ndarray) -> None:
         g, plain = _working_scale_dehazer(**{field: value}), _working_scale_dehazer()

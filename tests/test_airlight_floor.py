@@ -8,14 +8,15 @@ import torch
 from conftest import tiny_config
 from skimage.transform import resize
 
-from napari_cdd_dehaze.checkpoint import save_restorer
 from napari_cdd_dehaze.cli import main
-from napari_cdd_dehaze.image_files import write_image
-from napari_cdd_dehaze.methods import build_method
-from napari_cdd_dehaze.metrics import psnr
-from napari_cdd_dehaze.networks import MIN_TRANSMISSION, GeneratorConfig, estimate_airlight, floor_airlight
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array, with_airlight_floor
-from napari_cdd_dehaze.synthesis import ramp_depth
+from napari_cdd_dehaze.gan.checkpoint import save_restorer
+from napari_cdd_dehaze.gan.methods import build_method
+from napari_cdd_dehaze.gan.networks import MIN_TRANSMISSION, GeneratorConfig, floor_airlight
+from napari_cdd_dehaze.imaging.metrics import psnr
+from napari_cdd_dehaze.imaging.primitives import estimate_airlight
+from napari_cdd_dehaze.imaging.synthesis import ramp_depth
+from napari_cdd_dehaze.io.image_files import write_image
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array, with_airlight_floor
 
 
 def _u8(image: np.ndarray) -> np.ndarray:

@@ -3,10 +3,9 @@ import copy
 
 import pytest
 import torch
-
-from napari_cdd_dehaze.methods import build_method
-
 from conftest import tiny_config
+
+from napari_cdd_dehaze.gan.methods import build_method
 
 LOGGED = {"critics", "negative_adversary", "negative_diversity", "gan", "nce", "cycle", "identity", "generators"}
 
@@ -120,7 +119,7 @@ def _scattering_method(**changes):
 
 
 def test_the_haze_airlight_range_is_checked_and_survives_a_recipe_round_trip():
-    from napari_cdd_dehaze.config import TrainConfig
+    from napari_cdd_dehaze.gan.config import TrainConfig
 
     with pytest.raises(ValueError, match="rehaze_airlight must be"):
         tiny_config(output="scattering", rehaze_airlight=(0.9, 0.8))
@@ -154,7 +153,7 @@ def test_the_haze_cycle_and_transplant_terms_check_their_recipe(changes, message
 
 
 def test_the_haze_cycle_power_range_survives_a_recipe_round_trip():
-    from napari_cdd_dehaze.config import TrainConfig
+    from napari_cdd_dehaze.gan.config import TrainConfig
 
     config = tiny_config(lambda_rehaze_cycle=1.0, rehaze_power=(0.5, 0.75))
     assert TrainConfig.from_dict(config.to_dict()).rehaze_power == (0.5, 0.75)
@@ -167,8 +166,8 @@ def test_the_dark_channel_transmission_reads_the_haze_it_was_given():
     import numpy as np
     from skimage import data
 
-    from napari_cdd_dehaze.networks import dark_channel_transmission
-    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+    from napari_cdd_dehaze.imaging.primitives import dark_channel_transmission
+    from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
 
     photo = data.astronaut()[::4, ::4] / 255.0
     depth = ramp_depth(photo.shape[:2], 0.1, 1.0)
@@ -191,7 +190,7 @@ def _train_a_near_identity_restorer(changes: dict, loss_at_step) -> tuple[tuple[
     steps on ``loss_at_step(method, hazy, step, rng)`` alone. The restorer starts near the identity (t ≈ 0.95)."""
     from skimage import data
 
-    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+    from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
 
     m = _method(output="scattering", dark_patch=15, **changes)
     with torch.no_grad():
@@ -217,7 +216,7 @@ def _train_a_near_identity_restorer(changes: dict, loss_at_step) -> tuple[tuple[
 def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaze():
     """Trained on the haze cycle alone, a restorer that starts near the identity removes the haze of a photo it
     never sees clean: the identity does not satisfy the term, unlike the re-haze with G's own t."""
-    from napari_cdd_dehaze.methods.common import Translations
+    from napari_cdd_dehaze.gan.methods.common import Translations
 
     def haze_cycle(m, hazy, step, rng):
         i, j = torch.randint(0, 80, (2,), generator=torch.Generator().manual_seed(step))
@@ -233,7 +232,7 @@ def test_the_haze_cycle_term_alone_teaches_a_restorer_near_the_identity_to_dehaz
 
 def test_the_dark_channel_transmission_can_follow_another_images_edges():
     """Refined on another image's grey, the map keeps the hazy image's density and takes the guide's edges."""
-    from napari_cdd_dehaze.networks import dark_channel_transmission
+    from napari_cdd_dehaze.imaging.primitives import dark_channel_transmission
 
     hazy = torch.full((1, 3, 64, 64), 0.5)
     hazy[..., :32, :] = 0.85  # a denser haze over the top half
@@ -277,7 +276,7 @@ def test_the_dark_match_term_checks_its_recipe(changes, message):
 
 def test_the_dark_match_term_is_the_difference_of_mean_dark_channels():
     """A uniform grey output of level g against a clean image whose least channel is c everywhere: |g − c|."""
-    from napari_cdd_dehaze.methods.common import Translations
+    from napari_cdd_dehaze.gan.methods.common import Translations
 
     m = _method(lambda_dark_match=1.0)
     restored = torch.full((2, 3, 20, 20), 0.6) * 2 - 1
@@ -296,8 +295,8 @@ def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_deha
     import numpy as np
     from skimage import data
 
-    from napari_cdd_dehaze.methods.common import Translations
-    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+    from napari_cdd_dehaze.gan.methods.common import Translations
+    from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
 
     as_tensor = lambda a: torch.from_numpy(np.asarray(a)).float().permute(2, 0, 1)[None] * 2 - 1  # noqa: E731
     photo = data.astronaut()[::4, ::4][:96, :96] / 255.0
@@ -325,7 +324,7 @@ def test_the_dark_match_term_pulls_the_transmission_of_an_under_and_an_over_deha
 def test_a_relative_clean_critic_does_not_see_the_light_of_a_scene():
     """With ``clean_critic_sees: relative`` the clean critic's verdict on a photo and on the same photo at half
     the light is the same, and so is the generator's adversarial loss; the default critic tells them apart."""
-    from napari_cdd_dehaze.methods.common import Translations
+    from napari_cdd_dehaze.gan.methods.common import Translations
 
     scene = (_batch()[1] + 1) / 2
     dim = scene * 0.5

@@ -3,16 +3,20 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from napari_cdd_dehaze import checkpoint as ckpt
-from napari_cdd_dehaze.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_restorer,
-                                          save_restorer)
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-from napari_cdd_dehaze.trainer import Trainer, resume_config
-
-from conftest import tiny_config
+from napari_cdd_dehaze.gan import checkpoint as ckpt
+from napari_cdd_dehaze.gan.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    load_restorer,
+    save_restorer,
+)
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.gan.trainer import Trainer, resume_config
 
 
 def _trainer(folders, run, **changes):
@@ -209,7 +213,7 @@ def test_head_options_round_trip_and_older_files_load_without_them(unpaired_fold
 def test_options_of_earlier_versions_load_when_off_and_are_refused_when_on(tmp_path):
     """A file that still records a retired option loads when the option was off (as in every bundled model) and
     names the option otherwise; the same for a run's saved config."""
-    from napari_cdd_dehaze.config import TrainConfig
+    from napari_cdd_dehaze.gan.config import TrainConfig
 
     g = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze"))
     save_restorer(tmp_path / "new.safetensors", g)

@@ -2,21 +2,19 @@
 import numpy as np
 import pytest
 
-from napari_cdd_dehaze.checkpoint import CheckpointError
-from napari_cdd_dehaze.classical import (
+from napari_cdd_dehaze.gan.checkpoint import CheckpointError
+from napari_cdd_dehaze.imaging.metrics import mean_dark_channel, psnr
+from napari_cdd_dehaze.imaging.primitives import box_mean, estimate_airlight, image_guided_filter, to_tensor
+from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
+from napari_cdd_dehaze.models import BUILTIN_MODELS, load_model
+from napari_cdd_dehaze.restore.classical import (
     CLASSICAL,
     ClassicalDehazer,
-    box_mean,
     colour_attenuation_prior,
     dark_channel_prior,
-    estimate_airlight,
-    guided_filter,
 )
-from napari_cdd_dehaze.metrics import mean_dark_channel, psnr
-from napari_cdd_dehaze.models import BUILTIN_MODELS, load_model
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
-from napari_cdd_dehaze.synthesis import add_haze, dark_channel, ramp_depth
-from napari_cdd_dehaze.tiling import Cancelled
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
+from napari_cdd_dehaze.restore.tiles import Cancelled
 
 DEHAZERS = [dark_channel_prior, colour_attenuation_prior]
 
@@ -37,11 +35,13 @@ def test_box_mean_is_the_mean_over_the_window_cut_at_the_borders():
     r = 2
     brute = np.array([[x[max(0, i - r):i + r + 1, max(0, j - r):j + r + 1].mean() for j in range(13)]
                       for i in range(9)])
-    assert np.allclose(box_mean(x, r), brute)
-    assert np.allclose(box_mean(x, 50), x.mean())  # a window larger than the image covers all of it
+    box = lambda a, radius: box_mean(to_tensor(a), radius)[0, 0].numpy()  # noqa: E731
+    assert np.allclose(box(x, r), brute)
+    assert np.allclose(box(x, 50), x.mean())  # a window larger than the image covers all of it
 
 
 def test_guided_filter_keeps_a_constant_and_preserves_an_edge_that_guides_it():
+    guided_filter = image_guided_filter
     rng = np.random.default_rng(0)
     guide = rng.random((40, 50)).astype(np.float32)
     assert np.allclose(guided_filter(guide, np.full((40, 50), 0.37, np.float32), radius=5), 0.37, atol=1e-6)
@@ -51,12 +51,13 @@ def test_guided_filter_keeps_a_constant_and_preserves_an_edge_that_guides_it():
     edge_kept = guided_filter(step, step, radius=8, eps=1e-6)  # self-guided, small eps: the input comes back
     assert np.abs(edge_kept - step).max() < 1e-3
     smoothed = guided_filter(step, step, radius=8, eps=100.0)  # huge eps: a ≈ 0, q = mean of b = twice box-blurred
-    assert np.allclose(smoothed, box_mean(box_mean(step, 8), 8), atol=0.01) and np.abs(smoothed - step).max() > 0.3
+    twice = box_mean(box_mean(to_tensor(step.astype(np.float64)), 8), 8)[0, 0].numpy()
+    assert np.allclose(smoothed, twice, atol=0.01) and np.abs(smoothed - step).max() > 0.3
 
 
 def test_airlight_is_found_in_the_haziest_region(hazy_pairs):
     _, hazy = hazy_pairs["motorcycle"]
-    airlight = estimate_airlight(hazy, dark_channel(hazy))
+    airlight = estimate_airlight(to_tensor(hazy)).flatten().numpy()
     assert np.abs(airlight - [0.82, 0.85, 0.88]).max() < 0.08
 
 

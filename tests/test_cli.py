@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from napari_cdd_dehaze.cli import main
-from napari_cdd_dehaze.image_files import read_image, write_image
+from napari_cdd_dehaze.io.image_files import read_image, write_image
 
 TINY = ["--preset", "paper", "--steps", "2", "--crop", "32", "--checkpoint-every", "1", "--device", "cpu"]
 
@@ -11,7 +11,7 @@ TINY = ["--preset", "paper", "--steps", "2", "--crop", "32", "--checkpoint-every
 @pytest.fixture
 def tiny_paper_preset(monkeypatch):
     """The CLI's presets, shrunk to a test-sized network."""
-    from napari_cdd_dehaze import config
+    from napari_cdd_dehaze.gan import config
     monkeypatch.setitem(config.PRESETS, "paper", dict(width=8, blocks=2, disc_width=8, num_patches=16,
                                                       nce_layers=(0, 4, 8, 11), head_dim=32, noise_dim=8))
 
@@ -106,8 +106,8 @@ def test_tiffs_are_restored_window_by_window_and_match_in_memory(unpaired_folder
                                                                   shape, compression):
     import tifffile
 
-    from napari_cdd_dehaze.checkpoint import load_restorer
-    from napari_cdd_dehaze.restore import RestoreOptions, restore_array
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer
+    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     degraded, clean = unpaired_folders
     run = tmp_path / "run"
@@ -126,8 +126,8 @@ def test_tiffs_are_restored_window_by_window_and_match_in_memory(unpaired_folder
 
 
 def test_train_dcd_gan_by_method_argument_and_apply(rainy_folders, tmp_path, monkeypatch, capsys):
-    from napari_cdd_dehaze import config
-    from napari_cdd_dehaze.checkpoint import latest_checkpoint, read_meta
+    from napari_cdd_dehaze.gan import config
+    from napari_cdd_dehaze.gan.checkpoint import latest_checkpoint, read_meta
     tiny = {"width": 8, "blocks": 2, "disc_width": 8, "num_patches": 16, "nce_layers": (0, 4, 8, 11), "head_dim": 32,
             "load_size": 0}
     monkeypatch.setitem(config.DCD_PRESETS, "paper", {**config.DCD_PRESETS["paper"], **tiny})

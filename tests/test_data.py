@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cdd_dehaze.data import DataError, ImageFolder, UnpairedBatches, list_images, random_crop
-from napari_cdd_dehaze.image_files import IntensityMap, read_image, to_channels, write_image
+from napari_cdd_dehaze.gan.data import DataError, ImageFolder, UnpairedBatches, list_images, random_crop
+from napari_cdd_dehaze.io.image_files import IntensityMap, read_image, to_channels, write_image
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])

@@ -4,10 +4,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from napari_cdd_dehaze.checkpoint import CheckpointError, latest_checkpoint, load_restorer, read_meta
-from napari_cdd_dehaze.methods import DCDGAN, build_method
-from napari_cdd_dehaze.networks import gather_patches, sample_patches
-from napari_cdd_dehaze.trainer import Trainer
+from napari_cdd_dehaze.gan.checkpoint import CheckpointError, latest_checkpoint, load_restorer, read_meta
+from napari_cdd_dehaze.gan.methods import DCDGAN, build_method
+from napari_cdd_dehaze.gan.networks import gather_patches, sample_patches
+from napari_cdd_dehaze.gan.trainer import Trainer
 
 LOGGED = {"critics", "gan", "nce", "cycle", "identity", "generators"}
 

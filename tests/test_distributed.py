@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from napari_cdd_dehaze.checkpoint import MODEL_FILE, list_checkpoints, read_safetensors
-from napari_cdd_dehaze.data import ImageFolder, UnpairedBatches
-from napari_cdd_dehaze.distributed import SINGLE
-from napari_cdd_dehaze.methods import build_method
-from napari_cdd_dehaze.trainer import Trainer
-
 from conftest import tiny_config
+
+from napari_cdd_dehaze.gan.checkpoint import MODEL_FILE, list_checkpoints, read_safetensors
+from napari_cdd_dehaze.gan.data import ImageFolder, UnpairedBatches
+from napari_cdd_dehaze.gan.distributed import SINGLE
+from napari_cdd_dehaze.gan.methods import build_method
+from napari_cdd_dehaze.gan.trainer import Trainer
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "training" / "train.py"

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cdd_dehaze.image_files import read_image, write_image
-from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, lift_nearest
+from napari_cdd_dehaze.imaging.synthesis import depth_prior, haze_with_depth, lift_nearest
+from napari_cdd_dehaze.io.image_files import read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,7 @@ def test_make_hazy_set_dims_the_training_scenes_and_keeps_the_haze_and_the_valid
 def test_make_hazy_set_lifts_the_nearest_point_and_keeps_the_other_draws(tmp_path, photos):
     """``--nearest`` hazes the degraded photos with no clear foreground (more veil, the same airlight and density
     draws); the clean photos and the validation pairs are those of a run without it."""
-    from napari_cdd_dehaze.synthesis import dark_channel
+    from napari_cdd_dehaze.imaging.primitives import image_dark_channel as dark_channel
 
     clear = twelve_photos(tmp_path / "clear", photos)
     script = build_twice(clear, tmp_path, ["--nearest", "0.6", "0.9"], "flat")

@@ -5,8 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_cdd_dehaze.losses import (diversity_loss, discriminator_loss, generator_adversarial_loss, l1_loss,
-                                      negative_adversary_loss, patch_nce_loss)
+from napari_cdd_dehaze.gan.losses import (
+    discriminator_loss,
+    diversity_loss,
+    generator_adversarial_loss,
+    l1_loss,
+    negative_adversary_loss,
+    patch_nce_loss,
+)
 
 
 def test_lsgan():

@@ -12,7 +12,7 @@ def test_manifest_validates_and_names_its_commands():
 
 def test_hazy_sample_is_hazier_than_its_reference():
     from napari_cdd_dehaze._sample_data import hazy_outdoor_scene
-    from napari_cdd_dehaze.synthesis import dark_channel
+    from napari_cdd_dehaze.imaging.primitives import image_dark_channel as dark_channel
 
     (clear, clear_meta, kind), (hazy, hazy_meta, _) = hazy_outdoor_scene()
     assert kind == "image" and hazy.dtype == np.uint8 and hazy.shape == clear.shape

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import to_u8
 
-from napari_cdd_dehaze import metrics
-from napari_cdd_dehaze.checkpoint import save_restorer
 from napari_cdd_dehaze.cli import main
-from napari_cdd_dehaze.image_files import read_image, write_image
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
+from napari_cdd_dehaze.gan.checkpoint import save_restorer
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.imaging import metrics
+from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
+from napari_cdd_dehaze.io.image_files import read_image, write_image
 
 
 def test_psnr_of_a_known_error_and_of_identical_images():

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cdd_dehaze.networks import (GeneratorConfig, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
-                                        ResnetGenerator, estimate_airlight, gather_patches, guided_filter,
-                                        sample_patches)
+from napari_cdd_dehaze.gan.networks import (
+    GeneratorConfig,
+    NegativeGenerator,
+    PatchDiscriminator,
+    ProjectionHeads,
+    ResnetGenerator,
+    gather_patches,
+    sample_patches,
+)
+from napari_cdd_dehaze.imaging.primitives import estimate_airlight, guided_filter, image_guided_filter
 
 
 @pytest.mark.parametrize("upsample", ["resize", "transpose"])
@@ -149,12 +156,12 @@ def test_estimated_airlight_is_the_brightest_of_the_haziest_pixels():
 
 
 
-def test_torch_guided_filter_is_the_classical_one():
-    from napari_cdd_dehaze.classical import guided_filter as classical_guided_filter
+def test_the_guided_filter_in_float32_is_the_float64_one_of_the_classical_methods():
     torch.manual_seed(0)
     guide, source = torch.rand(1, 1, 37, 53), torch.rand(1, 1, 37, 53)
     for radius in (1, 6, 30):  # 30: windows wider than the image, cut off at its borders
-        expected = classical_guided_filter(guide[0, 0].numpy(), source[0, 0].numpy(), radius, 1e-3)
+        expected = image_guided_filter(guide[0, 0].numpy(), source[0, 0].numpy(), radius, 1e-3)
+        assert guided_filter(guide, source, radius).dtype == torch.float32
         assert np.abs(guided_filter(guide, source, radius)[0, 0].numpy() - expected).max() < 1e-5
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from napari_cdd_dehaze.synthesis import RainLayer, add_rain, line_kernel, rain_streaks, random_rain
+from napari_cdd_dehaze.imaging.synthesis import RainLayer, add_rain, line_kernel, rain_streaks, random_rain
 
 
 def test_line_kernel_lies_along_its_angle_and_has_its_length():

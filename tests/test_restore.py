@@ -4,10 +4,10 @@ import pytest
 import torch
 from skimage.transform import resize
 
-from napari_cdd_dehaze.devices import pick_device
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
-from napari_cdd_dehaze.tiling import Cancelled, TiledRunner, default_margin, imposed_statistics, receptive_field
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.imaging.devices import pick_device
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
+from napari_cdd_dehaze.restore.tiles import Cancelled, TiledRunner, default_margin, imposed_statistics, receptive_field
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_statistics_from_a_reduced_copy_are_shared_so_there_are_no_seams(generat
 
 def test_the_statistics_pass_of_a_large_image_runs_on_a_copy_of_bounded_size(generator, photo, monkeypatch):
     """Exact statistics up to ``stats_max_pixels``; beyond, a copy of at most ``approx_stats_pixels`` (memory)."""
-    import napari_cdd_dehaze.tiling as tiling
+    import napari_cdd_dehaze.restore.tiles as tiling
     seen, record = [], tiling.record_statistics
     monkeypatch.setattr(tiling, "record_statistics", lambda g, x: seen.append(x.shape[-2:]) or record(g, x))
     x = torch.zeros(1, 3, 516, 1028)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from skimage.transform import resize
 
-from napari_cdd_dehaze import streaming
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
-from napari_cdd_dehaze.streaming import StreamedRunner, plan
-from napari_cdd_dehaze.tiling import Cancelled
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.restore import streamed as streaming
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
+from napari_cdd_dehaze.restore.streamed import StreamedRunner, plan
+from napari_cdd_dehaze.restore.tiles import Cancelled
 
 
 def _strong(config: GeneratorConfig) -> ResnetGenerator:
@@ -87,7 +87,7 @@ def test_stores_fill_the_device_then_ram_then_files(tmp_path):
 
 
 def test_restore_array_keeps_streamed_layers_on_a_gpu_up_to_half_its_free_memory(monkeypatch):
-    from napari_cdd_dehaze import restore
+    from napari_cdd_dehaze.restore import engine as restore
     monkeypatch.setattr(restore.torch.cuda, "mem_get_info", lambda device: (10 << 30, 80 << 30))
     assert restore.stream_device_bytes(torch.device("cuda"), None) == 5 << 30
     assert restore.stream_device_bytes(torch.device("cuda"), 123) == 123

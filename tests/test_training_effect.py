@@ -6,14 +6,14 @@ untrained network and the hazy input in PSNR against the clear photo, and lower 
 """
 import numpy as np
 import torch
+from conftest import tiny_config
 from skimage.metrics import peak_signal_noise_ratio as psnr
 from skimage.metrics import structural_similarity as ssim
 
-from napari_cdd_dehaze.restore import restore_array
-from napari_cdd_dehaze.synthesis import dark_channel, random_haze, random_rain
-from napari_cdd_dehaze.trainer import Trainer
-
-from conftest import tiny_config
+from napari_cdd_dehaze.gan.trainer import Trainer
+from napari_cdd_dehaze.imaging.primitives import image_dark_channel as dark_channel
+from napari_cdd_dehaze.imaging.synthesis import random_haze, random_rain
+from napari_cdd_dehaze.restore.engine import restore_array
 
 
 def test_short_training_run_dehazes_a_held_out_photo(unpaired_folders, photos, tmp_path):

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import tiny_config
 
 SCRIPT = Path(__file__).parents[1] / "training" / "train.py"
@@ -27,7 +26,7 @@ def test_recipe_runs_and_resumes(unpaired_folders, tmp_path):
 
 
 def test_shipped_recipes_are_valid():
-    from napari_cdd_dehaze.config import TrainConfig, preset
+    from napari_cdd_dehaze.gan.config import TrainConfig, preset
     for method, prefix in (("cdd-gan", ""), ("dcd-gan", "dcd-")):
         for name in ("paper", "cpu"):
             recipe = yaml.safe_load((SCRIPT.parent / "configs" / f"{prefix}{name}.yaml").read_text())
@@ -49,14 +48,14 @@ def test_validation_suites_score_every_suite_in_one_report(photos, tmp_path):
     import numpy as np
     import pytest
     import torch
+    from conftest import to_u8
     from skimage.transform import resize
 
-    from conftest import to_u8
-    from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
-    from napari_cdd_dehaze.image_files import read_image, write_image
-    from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator
-    from napari_cdd_dehaze.synthesis import add_haze, ramp_depth
-    from napari_cdd_dehaze.working_scale import haze_at_working_scale
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer, save_restorer
+    from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+    from napari_cdd_dehaze.imaging.synthesis import add_haze, ramp_depth
+    from napari_cdd_dehaze.io.image_files import read_image, write_image
+    from napari_cdd_dehaze.restore.working_scale import haze_at_working_scale
 
     clear = resize(photos["astronaut"], (64, 96), anti_aliasing=True).astype(np.float32)
     for part, image in (("clear", clear), ("hazy", add_haze(clear, ramp_depth(clear.shape[:2]), 1.0))):
@@ -107,7 +106,7 @@ def test_a_run_in_stages_stops_where_told_and_resumes_with_the_airlight_floor_on
     keeps its loss weights."""
     import json
 
-    from napari_cdd_dehaze.checkpoint import load_restorer
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer
 
     recipe = tiny_config(steps=4, checkpoint_every=1, output="scattering", dark_patch=5, estimate_size=64,
                          pool_airlight=1, airlight_floor=3).to_dict()

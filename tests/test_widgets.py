@@ -16,8 +16,8 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_cdd_dehaze.checkpoint import latest_checkpoint, load_restorer, save_restorer  # noqa: E402
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator  # noqa: E402
+from napari_cdd_dehaze.gan.checkpoint import latest_checkpoint, load_restorer, save_restorer  # noqa: E402
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator  # noqa: E402
 from napari_cdd_dehaze.widgets.restore_widget import CHECKPOINT_FILE  # noqa: E402
 
 PLUGIN = "napari-cdd-dehaze"
@@ -207,7 +207,7 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer,
 
 
 def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
-    from napari_cdd_dehaze.checkpoint import read_meta
+    from napari_cdd_dehaze.gan.checkpoint import read_meta
 
     degraded, clean = unpaired_folders
     viewer = make_napari_viewer()

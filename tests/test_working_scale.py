@@ -5,15 +5,21 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize
 
-from napari_cdd_dehaze.config import TrainConfig
-from napari_cdd_dehaze.checkpoint import load_restorer, save_restorer
-from napari_cdd_dehaze import working_scale
-from napari_cdd_dehaze.networks import GeneratorConfig, ResnetGenerator, guided_coefficients, luminance
-from napari_cdd_dehaze.restore import RestoreOptions, restore_array
-from napari_cdd_dehaze.tiling import Cancelled
-from napari_cdd_dehaze.synthesis import add_haze
-from napari_cdd_dehaze.working_scale import (GUIDED_UPSAMPLE_EPS, haze_at_working_scale, shrink, upsample_rows,
-                                            working_shape)
+from napari_cdd_dehaze.gan.checkpoint import load_restorer, save_restorer
+from napari_cdd_dehaze.gan.config import TrainConfig
+from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
+from napari_cdd_dehaze.imaging.primitives import guided_coefficients, luminance
+from napari_cdd_dehaze.imaging.synthesis import add_haze
+from napari_cdd_dehaze.restore import working_scale
+from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
+from napari_cdd_dehaze.restore.tiles import Cancelled
+from napari_cdd_dehaze.restore.working_scale import (
+    GUIDED_UPSAMPLE_EPS,
+    haze_at_working_scale,
+    shrink,
+    upsample_rows,
+    working_shape,
+)
 
 
 def _dehazer(**fields) -> ResnetGenerator:

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cdd_dehaze.data import list_images
-from napari_cdd_dehaze.image_files import ImageReadError, read_image, write_image
-from napari_cdd_dehaze.synthesis import depth_prior, haze_with_depth, lift_nearest, measured_depth
+from napari_cdd_dehaze.gan.data import list_images
+from napari_cdd_dehaze.imaging.synthesis import depth_prior, haze_with_depth, lift_nearest, measured_depth
+from napari_cdd_dehaze.io.image_files import ImageReadError, read_image, write_image
 
 
 def unit_rgb(image: np.ndarray) -> np.ndarray:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from napari_cdd_dehaze.checkpoint import CheckpointError
-from napari_cdd_dehaze.config import TrainConfig
-from napari_cdd_dehaze.data import DataError
-from napari_cdd_dehaze.distributed import shutdown
-from napari_cdd_dehaze.trainer import RUN_CONTROL_FIELDS, Trainer, resume_config
+from napari_cdd_dehaze.gan.checkpoint import CheckpointError
+from napari_cdd_dehaze.gan.config import TrainConfig
+from napari_cdd_dehaze.gan.data import DataError
+from napari_cdd_dehaze.gan.distributed import shutdown
+from napari_cdd_dehaze.gan.trainer import RUN_CONTROL_FIELDS, Trainer, resume_config
 
 
 def train() -> int:

@@ -36,16 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from napari_cdd_dehaze.data import list_images
-from napari_cdd_dehaze.evaluate import evaluate
-from napari_cdd_dehaze.image_files import read_image, write_image
-from napari_cdd_dehaze.models import load_model
-from napari_cdd_dehaze.networks import ResnetGenerator
-from napari_cdd_dehaze.synthesis import add_haze, depth_prior, lift_nearest, measured_depth, random_airlight
-from napari_cdd_dehaze.working_scale import haze_at_working_scale
-
 from make_hazy_set import to_u8, unit_rgb  # the training set's own conversions (this folder)
+
+from napari_cdd_dehaze.evaluate import evaluate
+from napari_cdd_dehaze.gan.data import list_images
+from napari_cdd_dehaze.gan.networks import ResnetGenerator
+from napari_cdd_dehaze.imaging.synthesis import add_haze, depth_prior, lift_nearest, measured_depth, random_airlight
+from napari_cdd_dehaze.io.image_files import read_image, write_image
+from napari_cdd_dehaze.models import load_model
+from napari_cdd_dehaze.restore.working_scale import haze_at_working_scale
 
 
 def write_pair(folder: Path, name: str, hazy: np.ndarray, clear: np.ndarray) -> None:

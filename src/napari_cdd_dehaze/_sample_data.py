@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synthesis import add_out_of_focus_background, demo_photos, random_haze, random_rain
+from .imaging.synthesis import add_out_of_focus_background, demo_photos, random_haze, random_rain
 
 
 def _to_u8(a: np.ndarray) -> np.ndarray:

@@ -7,17 +7,17 @@ import sys
 import warnings
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import METHOD_PRESETS, METHODS, preset
-from .data import DataError
+from .gan.checkpoint import CheckpointError
+from .gan.config import METHOD_PRESETS, METHODS, preset
+from .gan.data import DataError
 from .models import BUILTIN_MODELS
 
 
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .distributed import shutdown
-    from .trainer import Trainer, resume_config
+    from .gan.distributed import shutdown
+    from .gan.trainer import Trainer, resume_config
 
     if args.resume:  # only how long and where a resumed run goes on may change
         config = resume_config(args.out, steps=args.steps, device=args.device, checkpoint_every=args.checkpoint_every)
@@ -71,11 +71,11 @@ def _apply(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .devices import pick_device
-    from .image_files import ImageReadError, mapped_tiff_output, read_image, write_image
+    from .imaging.devices import pick_device
+    from .io.image_files import ImageReadError, mapped_tiff_output, read_image, write_image
     from .models import load_model
-    from .classical import ClassicalDehazer
-    from .restore import RestoreOptions, restore_array, with_airlight_floor
+    from .restore.classical import ClassicalDehazer
+    from .restore.engine import RestoreOptions, restore_array, with_airlight_floor
 
     if args.model and args.method:
         raise ValueError("give --model or --method, not both (--method X is the same as --model X)")
@@ -136,7 +136,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from .synthesis import write_demo_folders, write_rain_demo_folders
+    from .imaging.synthesis import write_demo_folders, write_rain_demo_folders
 
     write = write_rain_demo_folders if args.command == "synth-rain" else write_demo_folders
     for name, folder in write(args.out, seed=args.seed).items():

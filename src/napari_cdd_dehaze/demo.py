@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import psnr, ssim
+from .imaging.metrics import psnr, ssim
 from .models import load_model
-from .restore import RestoreOptions, restore_array
-
+from .restore.engine import RestoreOptions, restore_array
 
 SHORT_LABELS = {"dcp": "dark channel prior", "cap": "colour atten. prior", "default": "default model (CDD-GAN)"}
 

@@ -3,12 +3,12 @@
 * A **paired** folder holds ``hazy/`` (or ``rainy/``, ``degraded/``) and ``clear/`` (or ``clean/``) with the
   same file names; the extension may differ (``hazy/12.jpg`` pairs with ``clear/12.png``) and sub-folders are matched by
   their relative path. Each method restores the hazy image and is scored against the clear one: PSNR, SSIM,
-  CIEDE2000 (:mod:`~napari_cdd_dehaze.metrics`). Files without a partner are listed in the report.
+  CIEDE2000 (:mod:`~napari_cdd_dehaze.imaging.metrics`). Files without a partner are listed in the report.
 * An **unpaired** folder is read recursively; each image is scored without reference: the mean dark channel
   of the input and of each method's output.
 
 Methods are anything :func:`~napari_cdd_dehaze.models.load_model` accepts (``identity``, ``dcp``, ``cap``,
-``default`` or a path) and run through :func:`~napari_cdd_dehaze.restore.restore_array`, exactly as
+``default`` or a path) and run through :func:`~napari_cdd_dehaze.restore.engine.restore_array`, exactly as
 ``cdd-dehaze apply`` runs them: learned models in tiles where the image is large, classical ones whole, the
 output in the input's dtype (so an 8-bit input is scored on the 8-bit result a user would get). Scores are
 computed in float [0, 1] RGB (grey repeated, alpha dropped). A clear image a few pixels larger or smaller
@@ -22,17 +22,17 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import metrics
+from .imaging import metrics
 
 if TYPE_CHECKING:
-    from .restore import RestoreOptions
-from .image_files import IMAGE_SUFFIXES, IntensityMap, read_image
+    from .restore.engine import RestoreOptions
+from .io.image_files import IMAGE_SUFFIXES, IntensityMap, read_image
 
 HAZY_NAMES, CLEAR_NAMES = ("hazy", "rainy", "degraded"), ("clear", "clean")
 MAX_CROP = 16  # pixels a pair may differ in height or width before it is an error rather than a crop
@@ -217,13 +217,13 @@ def evaluate(paired: list[str | Path], unpaired: list[str | Path], methods: list
     """Run every method on every image of every folder and collect the scores (see the module docstring).
 
     ``tile``, ``estimate_size`` and ``airlight_floor`` apply to every learned model (see
-    :class:`~napari_cdd_dehaze.restore.RestoreOptions`).
+    :class:`~napari_cdd_dehaze.restore.engine.RestoreOptions`).
     """
-    from .checkpoint import CheckpointError
-    from .classical import ClassicalDehazer
-    from .devices import pick_device
+    from .gan.checkpoint import CheckpointError
+    from .imaging.devices import pick_device
     from .models import load_model
-    from .restore import RestoreOptions, with_airlight_floor
+    from .restore.classical import ClassicalDehazer
+    from .restore.engine import RestoreOptions, with_airlight_floor
 
     log = log or (lambda message: None)
     folders = [(Path(f), "paired") for f in paired] + [(Path(f), "unpaired") for f in unpaired]
@@ -268,7 +268,7 @@ def _describe_learned(restorer, spec: str) -> str:
 
 
 def _evaluate_set(result: SetResult, folder: Path, methods: dict, options: RestoreOptions, log) -> None:
-    from .restore import restore_array
+    from .restore.engine import restore_array
 
     if result.kind == "paired":
         hazy_dir, clear_dir = _paired_dirs(folder)

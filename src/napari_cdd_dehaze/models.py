@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_restorer
-from .classical import CLASSICAL, ClassicalDehazer
-from .networks import ResnetGenerator
+from .gan.checkpoint import CheckpointError, load_restorer
+from .gan.networks import ResnetGenerator
+from .restore.classical import CLASSICAL, ClassicalDehazer
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 
@@ -24,7 +24,7 @@ BUILTIN_MODELS: dict[str, str] = {
 def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
     """The restorer named by ``spec``: a name from :data:`BUILTIN_MODELS` or a path to trained weights.
 
-    Raises :class:`~napari_cdd_dehaze.checkpoint.CheckpointError` with a one-line reason when there is
+    Raises :class:`~napari_cdd_dehaze.gan.checkpoint.CheckpointError` with a one-line reason when there is
     nothing usable at ``spec``.
     """
     name = str(spec)

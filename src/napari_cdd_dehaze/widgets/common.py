@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     import napari
 
 def default_model_available() -> bool:
-    from ..models import DEFAULT_WEIGHTS
+    from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
 
     return DEFAULT_WEIGHTS.is_file()
 

@@ -9,7 +9,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
-from ..devices import available_devices
+from napari_cdd_dehaze.imaging.devices import available_devices
+
 from .common import default_model_available, image_layer_choices, make_worker, notify_error, run_label
 from .session import TRAINED_MODELS
 
@@ -55,7 +56,7 @@ class RestoreWidget(Container):
 
     # ------------------------------------------------------------------ choices
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
-        from ..models import BUILTIN_MODELS
+        from napari_cdd_dehaze.models import BUILTIN_MODELS
 
         choices = [("bundled default", "default")] if default_model_available() else []
         choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in ("default", "identity")]
@@ -88,8 +89,8 @@ class RestoreWidget(Container):
         self._start(layer, spec)
 
     def _start(self, layer, spec: str) -> None:
-        from ..restore import RestoreOptions
-        from ..tiling import Cancelled
+        from napari_cdd_dehaze.restore.engine import RestoreOptions
+        from napari_cdd_dehaze.restore.tiles import Cancelled
 
         data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
         channel_axis = -1 if layer.rgb else None  # napari's rgb flag says whether the last axis is colour
@@ -97,8 +98,8 @@ class RestoreWidget(Container):
                                  progress=self._record_progress, should_stop=lambda: self._cancel)
 
         def restore():
-            from ..models import load_model
-            from ..restore import restore_array
+            from napari_cdd_dehaze.models import load_model
+            from napari_cdd_dehaze.restore.engine import restore_array
 
             model = load_model(spec)
             started = time.perf_counter()

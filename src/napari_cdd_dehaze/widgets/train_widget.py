@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
-from ..config import METHOD_PRESETS, preset
-from ..devices import available_devices
-from ..models import DEFAULT_WEIGHTS
+from napari_cdd_dehaze.gan.config import METHOD_PRESETS, preset
+from napari_cdd_dehaze.imaging.devices import available_devices
+from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
+
 from .common import (
     default_model_available,
     format_seconds,
@@ -233,8 +234,8 @@ def _train_events(degraded: Path, clean: Path, run_dir: Path, resume: bool, init
                   preview_source, preview_every: int):
     """Runs in the worker thread: builds the trainer, then yields ("ready", trainer), ("event", TrainEvent)
     for every engine event and ("preview", array) every ``preview_every`` steps."""
-    from ..restore import RestoreOptions, restore_array
-    from ..trainer import Trainer, resume_config
+    from napari_cdd_dehaze.gan.trainer import Trainer, resume_config
+    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     if resume:
         config = resume_config(run_dir, steps=settings["steps"], device=settings["device"])

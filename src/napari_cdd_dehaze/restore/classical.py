@@ -1,6 +1,6 @@
 """Classical single-image dehazing without training: the dark channel prior and the colour attenuation prior.
 
-Both invert the scattering model I = J·t + A·(1 − t) (see :mod:`~napari_cdd_dehaze.synthesis`): estimate the
+Both invert the scattering model I = J·t + A·(1 − t) (see :mod:`~napari_cdd_dehaze.imaging.synthesis`): estimate the
 airlight A and the transmission t, then J = (I − A) / t + A. They differ in how they estimate t:
 
 * **Dark channel prior** (He, Sun, Tang, CVPR 2009 / TPAMI 2011): in haze-free outdoor patches some colour channel
@@ -23,12 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import minimum_filter
 
-from . import networks
-from .synthesis import dark_channel
+from napari_cdd_dehaze.imaging.primitives import (
+    brightest_of_haziest,
+    dark_channel,
+    estimate_airlight,
+    image_grey,
+    image_guided_filter,
+    to_tensor,
+)
 
-LUMINANCE = np.array(networks.LUMINANCE, dtype=np.float32)  # the grey guide, as in He et al.'s code
 CAP_THETA = (0.121779, 0.959710, -0.780245)  # Zhu et al. 2015, learned on 500 synthetic training images
 
 
@@ -41,52 +45,6 @@ def _as_hwc(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def grey(image: np.ndarray) -> np.ndarray:
-    """(H, W) luminance of an (H, W, 1|3) image."""
-    return image[..., 0] if image.shape[-1] == 1 else image @ LUMINANCE
-
-
-def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over the (2r+1)² window around each pixel, the window cut off at the borders (not padded).
-
-    Two running sums (one per axis), so the cost does not depend on the radius.
-    """
-    out = np.asarray(x, dtype=np.float64)
-    for axis in (0, 1):
-        n = out.shape[axis]
-        sums = np.concatenate([np.zeros_like(out.take([0], axis=axis)), np.cumsum(out, axis=axis)], axis=axis)
-        index = np.arange(n)
-        hi, lo = np.minimum(index + radius + 1, n), np.maximum(index - radius, 0)
-        count = (hi - lo).astype(np.float64).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
-        out = (sums.take(hi, axis=axis) - sums.take(lo, axis=axis)) / count
-    return out
-
-
-def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int = 60, eps: float = 1e-3) -> np.ndarray:
-    """He et al.'s guided filter with a grey (H, W) guide: an edge-preserving smoothing of ``source``.
-
-    In each window the output is a linear function a·guide + b fitted to ``source`` (ridge ``eps`` on a);
-    the coefficients are averaged over all windows that contain a pixel.
-    """
-    if guide.shape != source.shape or guide.ndim != 2:
-        raise ValueError(f"guide {guide.shape} and source {source.shape} must be the same 2-D shape")
-    mean_g, mean_s = box_mean(guide, radius), box_mean(source, radius)
-    cov_gs = box_mean(guide * source.astype(np.float64), radius) - mean_g * mean_s
-    var_g = box_mean(np.square(guide, dtype=np.float64), radius) - mean_g ** 2
-    a = cov_gs / (var_g + eps)
-    b = mean_s - a * mean_g
-    return (box_mean(a, radius) * guide + box_mean(b, radius)).astype(np.float32)
-
-
-def estimate_airlight(image: np.ndarray, haze_map: np.ndarray, fraction: float = 0.001) -> np.ndarray:
-    """Airlight (C,): among the ``fraction`` of pixels where ``haze_map`` is largest, the brightest input pixel."""
-    flat_map, pixels = haze_map.reshape(-1), image.reshape(-1, image.shape[-1])
-    count = max(1, int(np.ceil(fraction * flat_map.size)))
-    candidates = np.argpartition(flat_map, flat_map.size - count)[-count:]
-    brightest = candidates[np.argmax(pixels[candidates].sum(axis=1))]
-    return pixels[brightest].astype(np.float32)
-
-
 def _recover(image: np.ndarray, transmission: np.ndarray, airlight: np.ndarray) -> np.ndarray:
     restored = (image - airlight) / transmission[..., None] + airlight
     return np.clip(restored, 0.0, 1.0).astype(np.float32)
@@ -96,10 +54,11 @@ def dark_channel_prior(image: np.ndarray, patch: int = 15, omega: float = 0.95, 
                        eps: float = 1e-3, t0: float = 0.1) -> np.ndarray:
     """Dehaze with He et al.'s dark channel prior; same layout as ``image``, float32 in [0, 1]."""
     hwc = _as_hwc(image)
-    airlight = estimate_airlight(hwc, dark_channel(hwc, patch))
-    raw = 1.0 - omega * dark_channel(hwc / np.maximum(airlight, 1e-3), patch)
-    transmission = np.maximum(guided_filter(grey(hwc), raw, radius, eps), t0)
-    return _recover(hwc, transmission, airlight).reshape(np.shape(image))
+    x = to_tensor(hwc)
+    airlight = estimate_airlight(x, patch)
+    raw = 1.0 - omega * dark_channel(x / airlight.clamp_min(1e-3), patch)[0, 0].numpy()
+    transmission = np.maximum(image_guided_filter(image_grey(hwc), raw, radius, eps), t0)
+    return _recover(hwc, transmission, airlight.flatten().numpy()).reshape(np.shape(image))
 
 
 def attenuation_depth(image: np.ndarray) -> np.ndarray:
@@ -118,9 +77,9 @@ def colour_attenuation_prior(image: np.ndarray, radius: int = 15, beta: float = 
     ``guide_radius`` 30 is the authors' released setting (a 60-pixel guided-filter neighbourhood).
     """
     hwc = _as_hwc(image)
-    depth = minimum_filter(attenuation_depth(hwc), size=radius, mode="reflect")
-    airlight = estimate_airlight(hwc, depth)
-    refined = guided_filter(grey(hwc), depth, guide_radius, eps)
+    depth = dark_channel(to_tensor(attenuation_depth(hwc)), radius)  # the min filter over the window
+    airlight = brightest_of_haziest(to_tensor(hwc), depth).flatten().numpy()
+    refined = image_guided_filter(image_grey(hwc), depth[0, 0].numpy(), guide_radius, eps)
     transmission = np.clip(np.exp(-beta * refined), *t_range)
     return _recover(hwc, transmission, airlight).reshape(np.shape(image))
 
@@ -132,7 +91,7 @@ def identity(image: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ClassicalDehazer:
-    """A training-free dehazer that :func:`~napari_cdd_dehaze.restore.restore_array` runs plane by plane, whole.
+    """A training-free dehazer that :func:`~napari_cdd_dehaze.restore.engine.restore_array` runs plane by plane, whole.
 
     ``function`` maps an (H, W, C) float32 image in [0, 1] (C = 3, or 1 for grey) to the same. Whole planes,
     never tiles: the airlight is a global estimate.

@@ -5,7 +5,7 @@
 
 Both share the CycleGAN frame in :mod:`.common` and keep the names the engine relies on
 (``restorer``, ``ema_restorer``, ``shipped_restorer()``, ``make_optimisers()``, ``training_step()``,
-``steps_done``), so training, resume and :func:`~napari_cdd_dehaze.checkpoint.load_restorer` serve both.
+``steps_done``), so training, resume and :func:`~napari_cdd_dehaze.gan.checkpoint.load_restorer` serve both.
 """
 from .cdd_gan import CDDGAN
 from .dcd_gan import DCDGAN

@@ -28,8 +28,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from napari_cdd_dehaze.io.image_files import atomic_write_bytes
+
 from .config import TrainConfig, drop_retired
-from .image_files import atomic_write_bytes
 from .networks import RETIRED_GENERATOR_FIELDS, GeneratorConfig, ResnetGenerator
 
 FORMAT = "napari-cdd-dehaze"

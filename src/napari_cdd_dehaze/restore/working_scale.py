@@ -3,7 +3,7 @@
 Haze is a low-frequency field: the transmission t and airlight a of the scattering model vary with depth, not
 with texture. A scattering restorer trained on photos of about 500 pixels sees haze at that scale; run on a
 3000-pixel photo, its 15×15 dark-channel window and its receptive field cover a fifth of the scene they covered
-in training. So a restorer with ``estimate_size`` (a :class:`~napari_cdd_dehaze.networks.GeneratorConfig`
+in training. So a restorer with ``estimate_size`` (a :class:`~napari_cdd_dehaze.gan.networks.GeneratorConfig`
 field, stored with its weights) estimates t and a on a copy of the image shrunk to that long side, upsamples
 the two maps bilinearly, and applies J = (I − a)/t + a to the full-resolution pixels. Detail comes from the
 input, the haze estimate from the scale the network knows. With ``guided_upsample`` t is carried to full
@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .networks import (MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator,
-                       guided_coefficients, luminance)
+from napari_cdd_dehaze.gan.networks import MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator
+from napari_cdd_dehaze.imaging.primitives import guided_coefficients, luminance
 
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
 
@@ -95,7 +95,7 @@ def upsample_rows(maps: torch.Tensor, full_height: int, full_width: int, y0: int
 def _scattering_maps(generator: ResnetGenerator, small: torch.Tensor,
                      autocast_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The maps the output is composed with: the head's (with ``airlight_floor``, its airlight already floored by
-    :meth:`~napari_cdd_dehaze.networks.ResnetGenerator.scattering_maps`)."""
+    :meth:`~napari_cdd_dehaze.gan.networks.ResnetGenerator.scattering_maps`)."""
     with torch.autocast(small.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         t, a = generator.scattering_maps(small, generator.decode(small, generator.encoder(small)))
     t, a = t.float(), a.float()  # with pool_airlight, a is already one grey value per image (scattering_maps)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .networks import InstanceNorm, ResidualBlock, ResnetGenerator
+from napari_cdd_dehaze.gan.networks import InstanceNorm, ResidualBlock, ResnetGenerator
 
 Rows = Callable[[int, int], torch.Tensor]  # (y0, y1) → (1, C, y1 - y0, W) float32 on the compute device
 

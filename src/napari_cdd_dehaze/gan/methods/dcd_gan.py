@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..losses import patch_nce_loss
-from ..networks import PatchDiscriminator, ProjectionHeads, ResnetGenerator, init_weights
+from napari_cdd_dehaze.gan.config import TrainConfig
+from napari_cdd_dehaze.gan.losses import patch_nce_loss
+from napari_cdd_dehaze.gan.networks import PatchDiscriminator, ProjectionHeads, ResnetGenerator, init_weights
+
 from .common import CycleContrastMethod, DirectionContrast, frozen_copy
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..distributed import SINGLE, Replicas
-from ..losses import discriminator_loss, generator_adversarial_loss, l1_loss
-from ..networks import ProjectionHeads, ResnetGenerator, gather_patches, sample_patches
+from napari_cdd_dehaze.gan.distributed import SINGLE, Replicas
+from napari_cdd_dehaze.gan.losses import discriminator_loss, generator_adversarial_loss, l1_loss
+from napari_cdd_dehaze.gan.networks import ProjectionHeads, ResnetGenerator, gather_patches, sample_patches
 
 
 @dataclass

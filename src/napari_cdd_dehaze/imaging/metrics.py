@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .synthesis import dark_channel
+from .primitives import image_dark_channel
 
 PSNR_CAP_DB = 100.0  # identical images: PSNR is infinite; reported as this cap so means and JSON stay finite
 
@@ -66,4 +66,4 @@ def ciede2000(reference: np.ndarray, test: np.ndarray) -> float:
 
 def mean_dark_channel(image: np.ndarray, patch: int = 15) -> float:
     """Mean of the dark channel: a no-reference haze density (lower is less haze)."""
-    return float(np.mean(dark_channel(_rgb(image), patch)))
+    return float(np.mean(image_dark_channel(_rgb(image), patch)))

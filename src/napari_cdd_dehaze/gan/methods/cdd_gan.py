@@ -27,10 +27,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import TrainConfig
-from ..losses import diversity_loss, negative_adversary_loss, patch_nce_loss
-from ..networks import (MIN_TRANSMISSION, NegativeGenerator, PatchDiscriminator, ProjectionHeads,
-                        ResnetGenerator, dark_channel, dark_channel_transmission, init_weights)
+from napari_cdd_dehaze.gan.config import TrainConfig
+from napari_cdd_dehaze.gan.losses import diversity_loss, negative_adversary_loss, patch_nce_loss
+from napari_cdd_dehaze.gan.networks import (
+    MIN_TRANSMISSION,
+    NegativeGenerator,
+    PatchDiscriminator,
+    ProjectionHeads,
+    ResnetGenerator,
+    init_weights,
+)
+from napari_cdd_dehaze.imaging.primitives import dark_channel, dark_channel_transmission
+
 from .common import CycleContrastMethod, Translations, ema_update, frozen_copy
 
 

@@ -6,25 +6,24 @@
   axis that holds colour when it is not last.
 * **Channels**: an image with as many colour channels as the model is restored as it is; otherwise (grey
   into an RGB model, RGB or multichannel into a grey model) each channel is restored alone as grey.
-* **Dtypes and range**: values are mapped to [0, 1] by :class:`~napari_cdd_dehaze.image_files.IntensityMap`
+* **Dtypes and range**: values are mapped to [0, 1] by :class:`~napari_cdd_dehaze.io.image_files.IntensityMap`
   — integers by their dtype's range, floats within [0, 1] as they are, other floats by their robust
   (0.1–99.9 percentile) range — and mapped back, so the output has the input's dtype and scale. One map
   serves a whole stack, so planes stay comparable. NaN or infinite input is an error.
 * **Size**: images are padded to a multiple of 4 (reflection; replication for tiny ones) and run whole, or
   beyond ``whole_max_pixels`` streamed layer by layer over row bands with exact statistics
-  (:mod:`~napari_cdd_dehaze.streaming`), or in tiles when a tile size is given
-  (:mod:`~napari_cdd_dehaze.tiling`); bands and tiles are read from and written to the arrays window by
+  (:mod:`~napari_cdd_dehaze.restore.streamed`), or in tiles when a tile size is given
+  (:mod:`~napari_cdd_dehaze.restore.tiles`); bands and tiles are read from and written to the arrays window by
   window, so memory stays bounded by the band or tile, not the image. A dehazing restorer with a working scale
   (``estimate_size``, e.g. the bundled model) estimates the haze on a shrunk copy instead and composes the
-  output at full size band by band (:mod:`~napari_cdd_dehaze.working_scale`).
-* **Classical dehazers** (:class:`~napari_cdd_dehaze.classical.ClassicalDehazer`) share all of the above except
+  output at full size band by band (:mod:`~napari_cdd_dehaze.restore.working_scale`).
+* **Classical dehazers** (:class:`~napari_cdd_dehaze.restore.classical.ClassicalDehazer`) share all of the above except
   tiling: their airlight is a global estimate, so each plane runs whole (in memory), progress counts planes
   and ``should_stop`` is honoured between planes. A grey channel is given to them as grey.
 """
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,17 +31,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_cdd_dehaze.gan.networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
+from napari_cdd_dehaze.imaging.devices import pick_device
+from napari_cdd_dehaze.io.image_files import IntensityMap
+
 from .classical import ClassicalDehazer
-from .devices import pick_device
-from .image_files import IntensityMap
-from .networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
-from .tiling import Cancelled, TiledRunner
+from .tiles import Cancelled, TiledRunner
 
 
 @dataclass
 class RestoreOptions:
     """How to run: ``tile`` 0 = whole image; ``None`` = whole up to ``whole_max_pixels``, streamed layer by layer
-    beyond (exact, bounded memory; :mod:`~napari_cdd_dehaze.streaming`); a number = overlapping tiles of that size.
+    beyond (exact, bounded memory; :mod:`~napari_cdd_dehaze.restore.streamed`); a number = overlapping tiles of
+    that size.
 
     Streaming keeps intermediate layers in a GPU's memory up to ``stream_device_bytes`` (``None``: half of
     what is free on a CUDA device when the run starts; 0 elsewhere), then up to ``stream_memory_bytes`` in RAM,
@@ -51,10 +52,10 @@ class RestoreOptions:
     8192² for width 32) less what the GPU and RAM hold. ``stream_band_elements`` bounds one band's input.
 
     ``estimate_size``: a dehazing restorer estimates transmission and airlight on a copy of a larger image
-    shrunk to this long side and composes the output at full size (:mod:`~napari_cdd_dehaze.working_scale`);
+    shrunk to this long side and composes the output at full size (:mod:`~napari_cdd_dehaze.restore.working_scale`);
     ``None`` takes the model's own (stored with its weights; 0 if none), 0 estimates at full resolution.
     ``airlight_floor``: a dehazing restorer with a working scale composes with at least He et al.'s airlight
-    (dark channel over this odd window; :func:`~napari_cdd_dehaze.networks.floor_airlight`); ``None``
+    (dark channel over this odd window; :func:`~napari_cdd_dehaze.gan.networks.floor_airlight`); ``None``
     takes the model's own setting, 0 turns it off. Classical methods ignore both.
     """
 

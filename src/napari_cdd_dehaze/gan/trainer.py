@@ -26,12 +26,26 @@ from typing import Callable, Iterator
 
 import torch
 
-from .checkpoint import (MODEL_FILE, RESTORER_FIELDS, RESTORER_FILE, CheckpointError, checkpoint_path,
-                         latest_checkpoint, load_train_state, load_weights, read_meta, read_safetensors,
-                         resolve_model_path, restorer_config, save_checkpoint, save_restorer)
+from napari_cdd_dehaze.imaging.devices import pick_device
+
+from .checkpoint import (
+    MODEL_FILE,
+    RESTORER_FIELDS,
+    RESTORER_FILE,
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_train_state,
+    load_weights,
+    read_meta,
+    read_safetensors,
+    resolve_model_path,
+    restorer_config,
+    save_checkpoint,
+    save_restorer,
+)
 from .config import RUN_OUTPUTS, TrainConfig
 from .data import ImageFolder, UnpairedBatches
-from .devices import pick_device
 from .distributed import replicas_from_environment
 from .methods import build_method
 from .networks import GeneratorConfig
@@ -145,7 +159,7 @@ class Trainer:
         if config is None:
             raise ValueError("a config is needed unless resuming")
         if str(init_from) == "default":  # the bundled model, by name as everywhere else
-            from .models import DEFAULT_WEIGHTS
+            from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
             init_from = DEFAULT_WEIGHTS
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
             config = _take_network_of(config, init_from)

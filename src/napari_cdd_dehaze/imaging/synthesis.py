@@ -38,17 +38,6 @@ def ramp_depth(shape: tuple[int, int], near: float = 0.2, far: float = 1.0) -> n
     return np.repeat(rows[:, None], w, axis=1)
 
 
-def dark_channel(image: np.ndarray, patch: int = 15) -> np.ndarray:
-    """He et al.'s dark channel: per-pixel minimum over colour, then a ``patch``×``patch`` minimum filter.
-
-    Its mean is a simple haze-density measure (haze lifts the darkest values towards the airlight).
-    """
-    from scipy.ndimage import minimum_filter
-
-    darkest = image.min(axis=-1) if image.ndim == 3 else image
-    return minimum_filter(darkest, size=patch, mode="nearest")
-
-
 def demo_photos() -> dict[str, np.ndarray]:
     """Colour photos that ship with scikit-image (no download), as float32 in [0, 1]."""
     from skimage import data
@@ -172,7 +161,7 @@ def random_rain(clean: np.ndarray, seed: int | np.random.Generator = 0, heavy: b
 
 def _write_unpaired_folders(out: str | Path, degrade: Callable[[np.ndarray, np.random.Generator], np.ndarray],
                             degraded_test: str, seed: int) -> dict[str, Path]:
-    from .image_files import write_image
+    from napari_cdd_dehaze.io.image_files import write_image
 
     out, rng = Path(out), np.random.default_rng(seed)
     folders = {name: out / name for name in ("degraded", "clean", f"test/{degraded_test}", "test/clear")}
@@ -226,7 +215,7 @@ def depth_prior(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """
     from scipy.ndimage import gaussian_filter, zoom
 
-    from .classical import grey, guided_filter
+    from .primitives import image_grey, image_guided_filter
 
     h, w = clean.shape[:2]
     horizon, near, gamma = rng.uniform(0.15, 0.55), rng.uniform(0.05, 0.35), rng.uniform(0.6, 1.6)
@@ -235,7 +224,8 @@ def depth_prior(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     coarse = gaussian_filter(rng.normal(size=(max(2, h // 32), max(2, w // 32))), 1.5)
     variation = zoom(coarse, (h / coarse.shape[0], w / coarse.shape[1]), order=1)[:h, :w]
     depth = ramp + 0.08 * variation / max(float(np.abs(variation).max()), 1e-6)
-    refined = guided_filter(grey(clean), depth.astype(np.float32), radius=max(4, min(h, w) // 24), eps=1e-3)
+    refined = image_guided_filter(image_grey(clean), depth.astype(np.float32), radius=max(4, min(h, w) // 24),
+                                  eps=1e-3)
     return np.clip(refined, 0, 1).astype(np.float32)
 
 

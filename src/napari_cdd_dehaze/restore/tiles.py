@@ -1,7 +1,7 @@
 """Inference for the ResNet generator at any image size: whole, streamed layer by layer, or in tiles.
 
 * **Whole** (up to ``whole_max_pixels``, 2048² by default): one forward pass.
-* **Streamed** (beyond, the default): :mod:`~napari_cdd_dehaze.streaming` runs one layer at a time over row
+* **Streamed** (beyond, the default): :mod:`~napari_cdd_dehaze.restore.streamed` runs one layer at a time over row
   bands, keeping every layer's exact InstanceNorm statistics, so the result equals the whole-image pass (to
   float rounding) in memory bounded by a band and not by the image.
 * **Tiles** (an explicit ``tile`` size): every layer on one window. Two things make tiles disagree with the
@@ -11,7 +11,7 @@
     run with a *margin* of real context at least the network's receptive-field radius wide, and only its
     core is kept. Cores and margins are multiples of 4 so that the stride-2 layers see the same pixel grid.
   - *InstanceNorm statistics.* Each tile would normalise with its own mean and variance. The statistics of
-    every norm layer are recorded once per image (:class:`~napari_cdd_dehaze.networks.InstanceNorm`) and
+    every norm layer are recorded once per image (:class:`~napari_cdd_dehaze.gan.networks.InstanceNorm`) and
     imposed on all tiles: exact up to ``stats_max_pixels``; a larger image is first reduced by block
     averaging to at most ``approx_stats_pixels`` for the statistics pass, an approximation (all tiles share
     it, so there are no seams, but the tone can differ from the whole-image pass; measured in
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import InstanceNorm, ResnetGenerator
-from .streaming import StreamedRunner
+from napari_cdd_dehaze.gan.networks import InstanceNorm, ResnetGenerator
+
+from .streamed import StreamedRunner
 from .working_scale import run_at_working_scale
 
 ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
@@ -105,13 +106,13 @@ class TiledRunner:
     """Runs a generator over a (padded, multiple-of-4) image, whole or window by window.
 
     ``tile``: 0 runs the whole image at once; ``None`` runs it whole up to ``whole_max_pixels`` and streamed
-    (:class:`~napari_cdd_dehaze.streaming.StreamedRunner`: exact, bounded memory) beyond; a number is the tile
+    (:class:`~napari_cdd_dehaze.restore.streamed.StreamedRunner`: exact, bounded memory) beyond; a number is the tile
     core size (rounded down to a multiple of 4, at least 64). ``margin`` is the context around each core
     (default: the receptive-field radius). Streaming keeps up to ``stream_memory_bytes`` of intermediate
     layers in RAM (after up to ``stream_device_bytes`` in a GPU's memory) and the rest in files in
     ``scratch_dir``; ``band_elements`` bounds one band. ``should_stop()`` is called before each tile or band;
     when it returns True, :class:`Cancelled` is raised. ``estimate_size`` (a dehazing restorer's working scale,
-    :mod:`~napari_cdd_dehaze.working_scale`): an image with a longer side is dehazed from maps estimated on a
+    :mod:`~napari_cdd_dehaze.restore.working_scale`): an image with a longer side is dehazed from maps estimated on a
     copy shrunk to it, whatever the other settings (every image, with ``pool_airlight``, ``guided_upsample``
     or ``airlight_floor``, so that all get one airlight, the same guided transmission and the same airlight
     floor). When the device runs out of memory (or a tensor is past a

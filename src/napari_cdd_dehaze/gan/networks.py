@@ -13,17 +13,16 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_cdd_dehaze.imaging.primitives import dark_channel, estimate_airlight
 
 OUTPUTS = ("image", "dehaze", "haze", "derain", "rain")
 HEAD_MAPS = {"dehaze": 2, "haze": 2, "derain": 3, "rain": 3}  # transmission, airlight (, streaks)
-AIRLIGHT_FRACTION = 0.001  # He et al.: the airlight is sought among the 0.1 % haziest pixels
 MIN_TRANSMISSION = 0.1  # a dehazing output amplifies the input at most 10× (He et al.'s t0)
 # Logit offsets of the scattering head at init: t ≈ 0.89 and a ≈ 0.82, a mild dehaze. Starting nearer the
 # identity (t ≈ 0.96, offset 3) left the sigmoid's slope at 0.04 and a run stuck at the identity: the L1
@@ -99,88 +98,6 @@ class GeneratorConfig:
     def head_reach(self) -> int:
         """How far (pixels) the head's output reads beyond its 7×7 conv: the dark channel's window."""
         return self.dark_patch // 2
-
-
-def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean of (B, C, H, W) over each (2r+1)² window, the window cut off at the image's borders (not padded).
-
-    Running sums along each axis (a rectangle cut by the borders is still a rectangle, so its mean is
-    separable): the cost does not grow with the radius, which pooling's does (5× slower at r = 40).
-    """
-    for dim in (2, 3):
-        n = x.shape[dim]
-        sums = F.pad(x.cumsum(dim), (0, 0, 1, 0) if dim == 2 else (1, 0))
-        index = torch.arange(n, device=x.device)
-        hi, lo = (index + radius + 1).clamp(max=n), (index - radius).clamp(min=0)
-        count = (hi - lo).to(x.dtype).view([-1, 1] if dim == 2 else [-1])
-        x = (sums.index_select(dim, hi) - sums.index_select(dim, lo)) / count
-    return x
-
-
-def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float = 1e-3) -> torch.Tensor:
-    """He et al.'s guided filter (grey ``guide`` and ``source`` both (B, 1, H, W)), in float32; differentiable.
-
-    The same filter as :func:`napari_cdd_dehaze.classical.guided_filter`: per window a linear fit
-    source ≈ a·guide + b (ridge ``eps``), the coefficients averaged over the windows holding each pixel.
-    """
-    slope, offset = guided_coefficients(guide, source, radius, eps)
-    return slope * guide.float() + offset
-
-
-def guided_coefficients(guide: torch.Tensor, source: torch.Tensor, radius: int,
-                        eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """The guided filter's averaged coefficients (slope, offset), each (B, 1, H, W): the filtered source is
-    ``slope * guide + offset``. Computed on a shrunk copy and resized, they carry a coarse map to full size
-    along the full-size guide's edges (He & Sun's fast guided filter; :mod:`~napari_cdd_dehaze.working_scale`)."""
-    guide, source = guide.float(), source.float()
-    mean_g, mean_s = box_mean(guide, radius), box_mean(source, radius)
-    a = (box_mean(guide * source, radius) - mean_g * mean_s) / (box_mean(guide * guide, radius) - mean_g ** 2 + eps)
-    b = mean_s - a * mean_g
-    return box_mean(a, radius), box_mean(b, radius)
-
-
-LUMINANCE = (0.299, 0.587, 0.114)  # the guide's grey, as in He et al.'s code (classical.py uses it too)
-
-
-def luminance(unit: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) grey of (B, C, H, W): the luminance of RGB, the channel mean otherwise."""
-    if unit.shape[1] == 3:
-        weights = torch.tensor(LUMINANCE, dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
-        return (unit * weights).sum(dim=1, keepdim=True)
-    return unit.mean(dim=1, keepdim=True)
-
-
-def dark_channel(unit: torch.Tensor, patch: int = 15) -> torch.Tensor:
-    """He et al.'s dark channel of (B, C, H, W): (B, 1, H, W), the least channel over a ``patch``² window.
-    Max-pooling pads with −inf, so a window at the border sees only real pixels."""
-    return -F.max_pool2d(-unit.amin(dim=1, keepdim=True), patch, stride=1, padding=patch // 2)
-
-
-def estimate_airlight(unit: torch.Tensor, patch: int = 15, fraction: float = AIRLIGHT_FRACTION) -> torch.Tensor:
-    """He et al.'s airlight of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, C, 1, 1).
-
-    Among the pixels whose dark channel (``patch`` window) is at least the ``fraction``-quantile from the top
-    (ties included), the brightest (largest channel sum; the first in raster order on a tie).
-    """
-    dark = dark_channel(unit, patch).flatten(1)
-    count = max(1, math.ceil(fraction * dark.shape[1]))
-    threshold = dark.topk(count, dim=1).values[:, -1:]
-    brightness = unit.sum(dim=1).flatten(1).masked_fill(dark < threshold, -math.inf)
-    brightest = brightness.argmax(dim=1)
-    return unit.flatten(2)[torch.arange(unit.shape[0]), :, brightest][..., None, None]
-
-
-def dark_channel_transmission(unit: torch.Tensor, patch: int = 15, omega: float = 0.95,
-                              radius: int = 15, guide: torch.Tensor | None = None) -> torch.Tensor:
-    """He et al.'s transmission of each image of ``unit`` (B, C, H, W) in [0, 1]: (B, 1, H, W) in [0.1, 1].
-
-    1 − ω·(dark channel of I/A) with :func:`estimate_airlight`'s A, refined by the guided filter on the
-    grey image: a haze map that follows the scene's edges and owes nothing to a trained network. ``guide``
-    (B, C, H, W) in [0, 1] refines it on another image's grey instead, so the map follows that image's edges.
-    """
-    airlight = estimate_airlight(unit, patch).clamp_min(1e-3)
-    dark = dark_channel(unit / airlight, patch)
-    return guided_filter(luminance(unit if guide is None else guide), 1 - omega * dark, radius).clamp(0.1, 1)
 
 
 class InstanceNorm(nn.InstanceNorm2d):
@@ -308,7 +225,7 @@ class ResnetGenerator(nn.Module):
         I·t + a·(1 − t). Every channel gets the same affine map, so hue cannot drift; only contrast and
         the veil change. ``"derain"``/``"rain"`` add a third map, a grey
         streak layer s ∈ [0, 1] (rain streaks are bright, additive and colourless): I = (J + s)·t + a·(1 − t),
-        the rain synthesis of :func:`~napari_cdd_dehaze.synthesis.add_rain` with its veil. The offsets start
+        the rain synthesis of :func:`~napari_cdd_dehaze.imaging.synthesis.add_rain` with its veil. The offsets start
         the network near the identity.
         """
         output = self.config.output

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image_files import IMAGE_SUFFIXES, ImageReadError, IntensityMap, read_image, to_channels
+from napari_cdd_dehaze.io.image_files import IMAGE_SUFFIXES, ImageReadError, IntensityMap, read_image, to_channels
 
 
 class DataError(ValueError):

@@ -14,7 +14,7 @@ from napari_cdd_dehaze.restore.classical import (
     dark_channel_prior,
 )
 from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
-from napari_cdd_dehaze.restore.tiles import Cancelled
+from napari_cdd_dehaze.restore.windows import Cancelled
 
 DEHAZERS = [dark_channel_prior, colour_attenuation_prior]
 

@@ -95,9 +95,38 @@ def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(unpaired_fol
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert "stopped: step" in err
+    assert "stopped at step" in err
     assert main(["train", "--degraded", str(degraded), "--clean", str(clean), "--out", str(run), "--resume",
                  "--steps", "1"]) == 0  # resumable (already past step 1: finishes at once)
+
+
+def test_train_until_a_step_then_resume_with_fields_as_options_and_recipe_files(unpaired_folders, tmp_path,
+                                                                                 tiny_paper_preset, capsys):
+    """The run control of training/train.py: --until stops with a checkpoint, losses.csv has a row per step and a
+    resume appends to it; any recipe field is an option, over --config files; a resume changes run control only."""
+    from napari_cdd_dehaze.gan.checkpoint import latest_checkpoint, read_meta
+
+    degraded, clean = unpaired_folders
+    run = tmp_path / "run"
+    (tmp_path / "a.yaml").write_text("lambda_identity: 0.5\nlambda_gan: 3.0\n")
+    (tmp_path / "b.yaml").write_text("lambda_gan: 2.0\n")
+    base = ["train", "--degraded", str(degraded), "--clean", str(clean), "--out", str(run)]
+    assert main([*base, *TINY, "--steps", "4", "--checkpoint-every", "3", "--until", "2", "--config",
+                 str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml"), "--nce-layers", "0,4,8", "--lambda-cycle",
+                 "5"]) == 0
+    assert "stopped at step 2" in capsys.readouterr().err
+    assert latest_checkpoint(run).name == "step_0000002" and (run / "restorer.safetensors").is_file()
+    saved = read_meta(latest_checkpoint(run))["config"]
+    assert (saved["steps"], saved["lambda_gan"], saved["lambda_identity"], saved["lambda_cycle"],
+            saved["nce_layers"], saved["width"]) == (4, 2.0, 0.5, 5.0, [0, 4, 8], 8)
+    rows = (run / "losses.csv").read_text().splitlines()
+    assert rows[0].startswith("step,seconds,lr,steps_per_s,critics,") and len(rows) == 1 + 2
+
+    assert main([*base, "--resume", "--lr", "1e-3"]) == 2  # not run control: refused, not dropped
+    assert "can change only" in capsys.readouterr().err
+    assert main([*base, "--resume", "--lambda-cycle", "5"]) == 0  # the value it has is no change
+    assert "finished at step 4" in capsys.readouterr().err
+    assert [r.split(",")[0] for r in (run / "losses.csv").read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
 
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
@@ -162,3 +191,13 @@ def test_demo_restores_the_hazy_sample_with_the_default_model_and_baselines(tmp_
     assert all(10 < s < 60 for s in scores.values())
     picture = read_image(tmp_path / "demo.png")
     assert picture.ndim == 3 and picture.shape[1] > 4 * picture.shape[0]  # one row of five panels
+
+
+def test_info_says_what_a_model_is_and_how_it_runs(capsys):
+    from napari_cdd_dehaze.cli import main
+
+    assert main(["info", "default", "cap"]) == 0
+    out = capsys.readouterr().out
+    assert "width 32, 6 residual blocks" in out and "estimate_size: 128" in out and "airlight_floor: 3" in out
+    assert "step 2600" in out and "colour attenuation prior" in out
+    assert main(["info", "no/such/model"]) == 2

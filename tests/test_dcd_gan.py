@@ -6,8 +6,8 @@ from conftest import tiny_config
 
 from napari_cdd_dehaze.gan.checkpoint import CheckpointError, latest_checkpoint, load_restorer, read_meta
 from napari_cdd_dehaze.gan.methods import DCDGAN, build_method
-from napari_cdd_dehaze.gan.networks import gather_patches, sample_patches
 from napari_cdd_dehaze.gan.trainer import Trainer
+from napari_cdd_dehaze.gan.training_networks import gather_patches, sample_patches
 
 LOGGED = {"critics", "gan", "nce", "cycle", "identity", "generators"}
 
@@ -75,7 +75,7 @@ def test_contrast_is_cross_encoder_with_one_head_per_generator():
         keys, positions = sample_patches(m.restorer.encode(degraded, m.config.nce_layers),
                                          m.config.num_patches, torch.Generator().manual_seed(5))
         queries = gather_patches(m.degrader.encode(out.fake_clean, m.config.nce_layers), positions)
-        for i, (q, k) in enumerate(zip(queries, keys)):
+        for i, (q, k) in enumerate(zip(queries, keys, strict=False)):
             torch.testing.assert_close(contrast.queries[i], m.heads_degrader(i, q))
             torch.testing.assert_close(contrast.keys[i], m.heads_restorer(i, k))
             # the same-encoder (CUT) query would be a different vector (layer 0 is the padded image itself)
@@ -115,11 +115,11 @@ def test_checkpoint_records_the_method_and_round_trips_bitwise(rainy_folders, tm
     assert read_meta(latest_checkpoint(tmp_path / "run"))["method"] == "dcd-gan"
     resumed = Trainer(None, *rainy_folders, tmp_path / "run", resume=True)
     assert isinstance(resumed.method, DCDGAN) and resumed.step == 2
-    for (name, a), b in zip(t.method.state_dict().items(), resumed.method.state_dict().values()):
+    for (name, a), b in zip(t.method.state_dict().items(), resumed.method.state_dict().values(), strict=False):
         assert torch.equal(a, b), name
     for source in (tmp_path / "run", latest_checkpoint(tmp_path / "run")):  # restorer file, checkpoint folder
         restorer = load_restorer(source)
-        for a, b in zip(restorer.state_dict().values(), t.method.ema_restorer.state_dict().values()):
+        for a, b in zip(restorer.state_dict().values(), t.method.ema_restorer.state_dict().values(), strict=False):
             assert torch.equal(a, b)
 
 
@@ -132,7 +132,7 @@ def test_resume_equals_an_uninterrupted_run(rainy_folders, tmp_path):
             first.request_stop()
     second = Trainer(None, *rainy_folders, tmp_path / "b", resume=True)
     assert second.step == 2 and second.run().step == 4
-    for (name, a), b in zip(straight.method.state_dict().items(), second.method.state_dict().values()):
+    for (name, a), b in zip(straight.method.state_dict().items(), second.method.state_dict().values(), strict=False):
         assert torch.equal(a, b), name
 
 

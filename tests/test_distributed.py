@@ -36,7 +36,7 @@ def _biases_cancelled_by_a_norm() -> set[str]:
     names = set()
     for prefix, module in method.named_modules():
         if isinstance(module, torch.nn.Sequential):
-            for i, (a, b) in enumerate(zip(module, list(module)[1:])):
+            for i, (a, b) in enumerate(zip(module, list(module)[1:], strict=False)):
                 if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.InstanceNorm2d):
                     names.add(f"{prefix}.{i}.bias")
     return names
@@ -70,7 +70,7 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 def _csv_rows(run: Path) -> list[dict[str, float]]:
     lines = (run / "losses.csv").read_text().splitlines()
     names = lines[0].split(",")
-    return [dict(zip(names, map(float, line.split(",")))) for line in lines[1:]]
+    return [dict(zip(names, map(float, line.split(",")), strict=False)) for line in lines[1:]]
 
 
 def test_two_processes_train_identical_replicas_and_rank_zero_writes_one_checkpoint(unpaired_folders, tmp_path):

@@ -6,8 +6,10 @@ from skimage.transform import resize
 
 from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
 from napari_cdd_dehaze.imaging.devices import pick_device
+from napari_cdd_dehaze.restore.dispatch import Dispatcher
 from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
-from napari_cdd_dehaze.restore.tiles import Cancelled, TiledRunner, default_margin, imposed_statistics, receptive_field
+from napari_cdd_dehaze.restore.tiles import default_margin, imposed_statistics, receptive_field
+from napari_cdd_dehaze.restore.windows import Cancelled
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_tiles_match_the_whole_image_with_a_dark_channel_head(photo):
 
 def test_statistics_from_a_reduced_copy_are_shared_so_there_are_no_seams(generator, photo):
     """Beyond ``stats_max_pixels`` the statistics are approximate, but every tile uses the same ones."""
-    runner = TiledRunner(generator, torch.device("cpu"), tile=128, stats_max_pixels=200 * 200)
+    runner = Dispatcher(generator, torch.device("cpu"), tile=128, stats_max_pixels=200 * 200)
     x = torch.from_numpy(np.ascontiguousarray(photo[:516, :1028].transpose(2, 0, 1)))[None] * 2 - 1
     read = lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1]  # noqa: E731
     out = torch.zeros_like(x)
@@ -72,8 +74,8 @@ def test_the_statistics_pass_of_a_large_image_runs_on_a_copy_of_bounded_size(gen
     monkeypatch.setattr(tiling, "record_statistics", lambda g, x: seen.append(x.shape[-2:]) or record(g, x))
     x = torch.zeros(1, 3, 516, 1028)
     read = lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1]  # noqa: E731
-    TiledRunner(generator, torch.device("cpu"), tile=128).statistics(read, 516, 1028)
-    TiledRunner(generator, torch.device("cpu"), tile=128, stats_max_pixels=516 * 1028 - 1,
+    Dispatcher(generator, torch.device("cpu"), tile=128).statistics(read, 516, 1028)
+    Dispatcher(generator, torch.device("cpu"), tile=128, stats_max_pixels=516 * 1028 - 1,
                 approx_stats_pixels=100 * 100).statistics(read, 516, 1028)
     assert seen[0] == (516, 1028)
     assert seen[1][0] * seen[1][1] <= 100 * 100 and seen[1][0] % 4 == 0 and seen[1][1] % 4 == 0
@@ -138,7 +140,7 @@ def test_progress_reaches_the_total_and_stop_cancels_between_tiles(generator, ph
 def test_out_of_memory_halves_the_tile_and_gives_the_same_result(generator, photo, monkeypatch, error):
     image = photo[:256, :384]
     expected = restore_array(generator, image, RestoreOptions(device="cpu", tile=0))
-    runner_forward = TiledRunner._forward
+    runner_forward = Dispatcher._forward
     sizes = []
 
     def small_memory(self, x):
@@ -146,7 +148,7 @@ def test_out_of_memory_halves_the_tile_and_gives_the_same_result(generator, phot
         if x.shape[-2] * x.shape[-1] > 200 * 200:
             raise RuntimeError(error)
         return runner_forward(self, x)
-    monkeypatch.setattr(TiledRunner, "_forward", small_memory)
+    monkeypatch.setattr(Dispatcher, "_forward", small_memory)
     out = restore_array(generator, image, RestoreOptions(device="cpu", tile=0))
     assert np.abs(out - expected).max() < 1e-4
     assert sizes[0] == 384 and max(sizes[1:]) < 384  # whole image first, then smaller tiles

@@ -8,7 +8,7 @@ from napari_cdd_dehaze.gan.networks import GeneratorConfig, ResnetGenerator
 from napari_cdd_dehaze.restore import streamed as streaming
 from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 from napari_cdd_dehaze.restore.streamed import StreamedRunner, plan
-from napari_cdd_dehaze.restore.tiles import Cancelled
+from napari_cdd_dehaze.restore.windows import Cancelled
 
 
 def _strong(config: GeneratorConfig) -> ResnetGenerator:
@@ -161,3 +161,44 @@ def test_an_unknown_layout_is_refused():
         plan(g)
 
 
+
+
+@pytest.mark.parametrize("band_rows", [4, 12, 37, 1000])
+@pytest.mark.parametrize("plateaus", [False, True], ids=["smooth", "ties"])
+def test_the_banded_airlight_is_the_whole_image_estimate(band_rows, plateaus):
+    """Band by band, the same pixel as :func:`estimate_airlight` over the whole image, ties included."""
+    from napari_cdd_dehaze.imaging.primitives import estimate_airlight
+    from napari_cdd_dehaze.restore.windows import banded_airlight
+
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 90, 70)
+    if plateaus:  # coarse levels: the dark channel and the brightness tie across many pixels
+        x = (x * 4).round() / 4
+    x = x * 2 - 1
+    expected = estimate_airlight((x + 1) / 2, 9)
+    assert torch.equal(banded_airlight(lambda y0, y1: x[..., y0:y1, :], 90, 70, 9, band_rows), expected)
+
+
+@pytest.mark.parametrize("fields", [dict(pool_airlight=1), dict(airlight_floor=3),
+                                    dict(pool_airlight=1, airlight_floor=5)], ids=["pooled", "floored", "both"])
+def test_bands_and_tiles_compose_with_the_whole_images_airlight(fields):
+    """A restorer whose airlight is one value per image (pooled, or floored by the image's estimate) gives the
+    whole-image result streamed and in tiles: every band and tile gets the image's airlight, not its own."""
+    torch.manual_seed(0)
+    g = ResnetGenerator(GeneratorConfig(width=8, blocks=1, output="dehaze", dark_patch=7, estimate_size=64,
+                                        **fields)).eval()
+    with torch.no_grad():
+        g.head[1].weight[1] *= 20  # an airlight map that varies a lot over the image
+    image = np.random.default_rng(0).random((120, 96, 3)).astype(np.float32)
+    image[:30] = 0.2 + 0.8 * image[:30]  # a bright, hazy-looking top: the airlight estimate is found there
+    options = dict(device="cpu", estimate_size=0)
+    whole = restore_array(g, image, RestoreOptions(tile=0, **options))
+    streamed = restore_array(g, image, RestoreOptions(whole_max_pixels=1000, stream_band_elements=1 << 12, **options))
+    tiled = restore_array(g, image, RestoreOptions(tile=64, **options))
+    assert np.abs(streamed - whole).max() < 1e-4
+    assert np.abs(tiled - whole).max() < 1e-4
+    from napari_cdd_dehaze.gan.networks import ImageAirlight
+    grey = torch.full((1, 1, 1, 1), 0.3)
+    with g.imposing_airlight(ImageAirlight(grey, grey)):  # another airlight changes the output: the test can see it
+        other = restore_array(g, image, RestoreOptions(tile=0, **options))
+    assert np.abs(other - whole).max() > 0.01

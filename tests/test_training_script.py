@@ -17,12 +17,11 @@ def test_recipe_runs_and_resumes(unpaired_folders, tmp_path):
             "--clean", str(clean), "--out", str(tmp_path / "run"), "--log-every", "1"]
     first = subprocess.run(base, capture_output=True, text=True, check=True)
     assert "step 2/2" in first.stdout and "finished at step 2" in first.stdout
-    recipe["steps"] = 3
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
-    second = subprocess.run(base + ["--resume"], capture_output=True, text=True, check=True)
-    assert "steps 2→3" in second.stdout and "step 3/3" in second.stdout
+    second = subprocess.run(base + ["--resume", "--steps", "3"], capture_output=True, text=True, check=True)
+    assert "steps 2→3" in second.stdout and "step 3/3" in second.stdout  # a field as an option, over the file
     rows = (tmp_path / "run" / "losses.csv").read_text().splitlines()
-    assert rows[0].startswith("step,seconds,critics") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert rows[0].startswith("step,seconds,lr,steps_per_s,critics") and [r.split(",")[0] for r in rows[1:]] == \
+        ["1", "2", "3"]
 
 
 def test_shipped_recipes_are_valid():

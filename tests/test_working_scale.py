@@ -12,7 +12,7 @@ from napari_cdd_dehaze.imaging.primitives import guided_coefficients, luminance
 from napari_cdd_dehaze.imaging.synthesis import add_haze
 from napari_cdd_dehaze.restore import working_scale
 from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
-from napari_cdd_dehaze.restore.tiles import Cancelled
+from napari_cdd_dehaze.restore.windows import Cancelled
 from napari_cdd_dehaze.restore.working_scale import (
     GUIDED_UPSAMPLE_EPS,
     haze_at_working_scale,

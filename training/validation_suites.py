@@ -1,4 +1,4 @@
-"""Score models on every validation suite we choose by, in one report (never on ../shared/eval).
+"""Score models on every validation suite the bundled model is chosen by, in one report (never on evaluation sets).
 
     python training/validation_suites.py --pairs DATA/val --depth SHARED/train/depth --out runs/suites \\
         --method default dcp cap runs/a/restorer.safetensors runs/b/restorer.safetensors
@@ -16,16 +16,16 @@ the library's own ``evaluate`` (PSNR / SSIM / CIEDE2000, Markdown and JSON, as `
   suites (mean ± spread over the photos), at its working scale: a reader that follows the veil reads A;
 * ``dim-D``: the same photos at ``--dim-beta``, their light scaled by D before the haze (a scene lit D times as
   brightly under the same veil, as indoors): whether a model reads the haze level apart from the scene's
-  brightness. Our restorers' outputs kept more haze the darker the scene was (``training/README.md``);
+  brightness (restorers that do not keep more haze the darker the scene is);
 * ``flat-B``: the same photos at density B with no clear foreground (``lift_nearest``: the nearest point at
   ``--flat-nearest`` of the far one, drawn per photo), as in a room, from the air or into a fog bank: haze that
   lies almost evenly over the frame, where the dark channel prior is at its best;
-* ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, the Middlebury scenes of
-  ``../shared/train``) hazed at density B from that depth: real depth edges. These scenes are also in the
+* ``depth-B``: scenes with measured depth (``<scene>/rgb.png`` and ``depth_mm.png``, e.g. the Middlebury
+  scenes) hazed at density B from that depth: real depth edges. These scenes are also in the
   training set's degraded domain (hazed with other draws), so this suite measures depth edges, not novelty.
 
-Why several: one candidate's gain on ``val`` alone has more than once failed to carry over to the held-out
-evaluation sets (``training/README.md``); a change that loses on a suite is worth knowing before that check.
+Why several: a candidate's gain on ``val`` alone does not always carry over to held-out evaluation sets
+(docs/model-card.md); a change that loses on a suite is worth knowing before that check.
 """
 from __future__ import annotations
 

@@ -1,40 +1,38 @@
-"""``cdd-dehaze``: train, apply and make demo data from the command line (a thin shell over the core)."""
+"""``cdd-dehaze``: train, apply, evaluate, describe models and make demo data (a thin shell over the core)."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import warnings
 from pathlib import Path
 
 from .gan.checkpoint import CheckpointError
-from .gan.config import METHOD_PRESETS, METHODS, preset
+from .gan.config import METHOD_PRESETS, METHODS
 from .gan.data import DataError
+from .gan.run_control import add_config_arguments, add_run_arguments
 from .models import BUILTIN_MODELS
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .gan.distributed import shutdown
-    from .gan.trainer import Trainer, resume_config
+    from .gan.run_control import build_config, config_overrides
+    from .gan.trainer import Trainer
 
-    if args.resume:  # only how long and where a resumed run goes on may change
-        config = resume_config(args.out, steps=args.steps, device=args.device, checkpoint_every=args.checkpoint_every)
-        if args.method is not None and args.method != config.method:
-            raise ValueError(f"{args.out} holds a {config.method} run; it cannot be resumed as {args.method}")
-    else:
-        config = preset(args.preset, method=args.method or "cdd-gan", steps=args.steps, crop=args.crop, seed=args.seed,
-                        device=args.device, lr=args.lr, batch_size=args.batch_size,
-                        checkpoint_every=args.checkpoint_every)
+    # the preset, then the --config files, then the fields given as options; a resumed run changes run control only
+    config = build_config(args.out, resume=args.resume, files=args.config, overrides=config_overrides(args),
+                          preset_name=args.preset)
     trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)
     try:
-        return _run_training(trainer, Path(args.out), tqdm)
+        return _run_training(trainer, Path(args.out), args)
     finally:
         shutdown()  # leaves torchrun's process group, if any
 
 
-def _run_training(trainer, out: Path, tqdm) -> int:
+def _run_training(trainer, out: Path, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .gan.run_control import run
+
     c, quiet = trainer.config, not trainer.is_main  # under torchrun only rank 0 reports
     if not quiet:
         print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
@@ -42,29 +40,17 @@ def _run_training(trainer, out: Path, tqdm) -> int:
               f"checkpoints in {out / 'checkpoints'}", file=sys.stderr)
     bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=quiet)
 
-    def stop_after_this_step(signum, frame):  # Ctrl-C: finish the step, checkpoint, exit; twice: abort
-        if not quiet:
-            bar.write("stopping after this step and saving a checkpoint (resume with --resume)"
-                      + ("" if trainer.replicas.active else "; Ctrl-C again aborts"), file=sys.stderr)
-        trainer.request_stop()
-        if not trainer.replicas.active:  # under torchrun each rank gets Ctrl-C twice (terminal and launcher)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+    def progress(event) -> None:
+        if event.kind == "step":
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
+                             if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
 
-    previous = signal.signal(signal.SIGINT, stop_after_this_step)
-    try:
-        for event in trainer.events():
-            if event.kind == "step":
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
-                                 if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
-            elif not quiet:
-                bar.write(f"{event.kind}: step {event.step} → {event.checkpoint}", file=sys.stderr)
+    try:  # Ctrl-C/SIGTERM: finish the step, checkpoint, exit 0; Ctrl-C twice: abort (130)
+        return run(trainer, out, until=args.until, log_every=args.log_every, check_sync=args.check_sync,
+                   progress=progress, say=lambda message: bar.write(message, file=sys.stderr))
     finally:
-        signal.signal(signal.SIGINT, previous)
         bar.close()
-    if not quiet:
-        print(f"model: {out / 'restorer.safetensors'}", file=sys.stderr)
-    return 0
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -153,6 +139,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from .models import describe_model
+
+    for spec in args.models:
+        print("\n".join(describe_model(spec)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration: CDD-GAN "
                                      "(dehazing) and DCD-GAN (deraining).")
@@ -177,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "\"default\" (the bundled model); its network is kept")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    add_run_arguments(train)  # --config, --until, --log-every, --check-sync: as training/train.py
+    add_config_arguments(train)  # --<field> for every other TrainConfig field (the ones above are kept)
     train.set_defaults(run=_train)
 
     apply = sub.add_parser("apply", help="restore images with a trained model")
@@ -196,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
     apply.add_argument("--airlight-floor", type=int, help=AIRLIGHT_FLOOR_HELP)
     apply.set_defaults(run=_apply)
+
+    info = sub.add_parser("info", help="what a model is: its network, how it runs, where it comes from")
+    info.add_argument("models", nargs="+", help="built-in name (default, dcp, cap) or trained model path")
+    info.set_defaults(run=_info)
 
     ev = sub.add_parser("eval", help="score methods on paired (hazy/clear) and unpaired folders; Markdown + JSON "
                                      "report")

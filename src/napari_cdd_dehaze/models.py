@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .gan.checkpoint import CheckpointError, load_restorer
+from .gan.checkpoint import DEFAULT_WEIGHTS, CheckpointError, load_restorer
 from .gan.networks import ResnetGenerator
 from .restore.classical import CLASSICAL, ClassicalDehazer
-
-DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "default.safetensors"
 
 BUILTIN_MODELS: dict[str, str] = {
     "default": "bundled CDD-GAN dehazing model",
@@ -39,3 +37,37 @@ def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
         raise CheckpointError(f"{spec}: no such file or folder, and not a built-in model "
                               f"(built-in: {', '.join(BUILTIN_MODELS)})")
     return load_restorer(spec)
+
+
+# What each inference field of a model file means, in the words `cdd-dehaze info` and the Restore widget use.
+INFERENCE_POLICY = {
+    "estimate_size": "haze estimated on a copy shrunk to this long side (px), output composed at full size",
+    "pool_airlight": "one grey airlight per image (the mean of the head's map)",
+    "guided_upsample": "transmission carried to full size along the image's edges (guided filter radius, px)",
+    "airlight_floor": "airlight at least He et al.'s estimate (dark channel window, px)",
+}
+
+
+def describe_model(spec: str | Path) -> list[str]:
+    """Lines that say what the model named by ``spec`` is: its network, how it runs (the inference policy its file
+    carries; ``RestoreOptions``/``--estimate-size``/``--airlight-floor`` override it) and where it comes from."""
+    import json
+
+    from .gan.checkpoint import read_safetensors, resolve_model_path
+
+    name = str(spec)
+    if name in CLASSICAL:
+        return [f"{name}: {CLASSICAL[name].label}"]
+    restorer = load_model(spec)
+    file = DEFAULT_WEIGHTS if name == "default" else resolve_model_path(spec)
+    c = restorer.config
+    lines = [f"{name}: {file}",
+             f"network: ResNet generator, width {c.width}, {c.blocks} residual blocks, {c.channels} channel(s), "
+             f"output {c.output!r}" + (f", dark channel over {c.dark_patch} px" if c.dark_patch else "")]
+    policy = [f"  {field}: {getattr(c, field)} ({meaning})" for field, meaning in INFERENCE_POLICY.items()
+              if getattr(c, field)]
+    lines += ["inference:"] + policy if policy else ["inference: full resolution (no working scale)"]
+    info = json.loads(read_safetensors(file)[1].get("info", "{}") or "{}")
+    if info:
+        lines.append("provenance: " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    return lines

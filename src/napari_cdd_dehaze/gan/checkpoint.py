@@ -37,6 +37,7 @@ FORMAT = "napari-cdd-dehaze"
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "train_state.pt"
 RESTORER_FILE = "restorer.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).parent.parent / "weights" / "default.safetensors"  # the bundled model
 
 
 class CheckpointError(ValueError):

@@ -84,7 +84,7 @@ class Replicas:
             return values
         flat = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
         dist.all_reduce(flat)
-        return dict(zip(values, (flat / self.world_size).tolist()))
+        return dict(zip(values, (flat / self.world_size).tolist(), strict=False))
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank if ``flag`` is true on any: a stop asked on one rank stops all together."""

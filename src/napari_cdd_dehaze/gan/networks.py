@@ -1,22 +1,24 @@
-"""Networks of the CUT/CycleGAN family, written for contrastive training.
+"""The generator of the CUT/CycleGAN family, written for contrastive training and for restoration at any size.
 
+* :class:`GeneratorConfig` — the one declaration of what rebuilds a generator from its weights.
 * :class:`ResnetGenerator` — encoder (stem, two stride-2 downsamplings, residual blocks) and decoder
-  (two upsamplings, output conv, tanh). The encoder is one flat ``nn.Sequential`` so that a feature tap is
-  named by a layer index: with the default layout, index 0 is the reflection-padded input, 4 the first
-  downsampling conv, 8 the second downsampling's norm, 10… the residual blocks (the ``--no_antialias``
+  (two upsamplings, output conv, tanh, or a scattering head). The encoder is one flat ``nn.Sequential`` so that a
+  feature tap is named by a layer index: with the default layout, index 0 is the reflection-padded input, 4 the
+  first downsampling conv, 8 the second downsampling's norm, 10… the residual blocks (the ``--no_antialias``
   indexing of CUT, so the lineage's layer lists ``0,4,8,12,16`` mean the same thing here).
-* :class:`PatchDiscriminator` — the 70×70 PatchGAN.
-* :class:`ProjectionHeads` — one 2-layer MLP per tapped layer, built eagerly from known channel counts
-  (lazy creation on the first batch breaks optimiser construction, weight loading and DDP wrapping).
-* :class:`NegativeGenerator` — per tapped layer, maps (pooled key feature, Gaussian noise) to K
-  L2-normalised negatives in the heads' output space.
+* :class:`InstanceNorm` — whose statistics can be recorded and imposed (tiles), and :class:`ImageAirlight`,
+  the whole image's airlight imposed on a pass over one window of it.
+
+The critic, projection heads and negative generators that only training needs are in
+:mod:`~napari_cdd_dehaze.gan.training_networks`.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from napari_cdd_dehaze.imaging.primitives import dark_channel, estimate_airlight
@@ -142,8 +144,8 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor,
-                   patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor, patch: int,
+                   bright: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """t' and a' (the shapes of t and a): a' = max(a, the grey mean of He et al.'s airlight of ``unit``
     (B, C, h, w) in [0, 1], dark channel over ``patch``), t' = 1 − a·(1 − t)/a', so that the veil a·(1 − t)
     the output subtracts stays the head's and only the contrast it restores follows the brighter airlight.
@@ -157,11 +159,24 @@ def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor,
     estimate is a prior of the input, so no gradient flows through it. Applying it twice changes nothing
     (the veil is kept, and a' is already at least the estimate) unless t was clamped.
     """
-    with torch.no_grad():
-        bright = estimate_airlight(unit.detach().float(), patch).mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
+    if bright is None:  # ``bright`` given: the whole image's estimate, for a pass over one window of it
+        with torch.no_grad():
+            bright = estimate_airlight(unit.detach().float(), patch).mean(dim=1, keepdim=True)  # (B, 1, 1, 1)
     bright = bright.to(a.dtype)
     floor = torch.maximum(a, bright)
     return (1 - a * (1 - t) / floor).clamp(MIN_TRANSMISSION, 1), floor
+
+
+@dataclass(frozen=True)
+class ImageAirlight:
+    """The whole image's airlight terms, imposed on a pass over one window of it (a band, a tile).
+
+    ``pooled`` (1, 1, 1, 1): the mean of the head's airlight map over the image (``pool_airlight``);
+    ``estimate`` (1, 1, 1, 1): He et al.'s grey airlight of the image (``airlight_floor``). None: the window's own.
+    """
+
+    pooled: torch.Tensor | None = None
+    estimate: torch.Tensor | None = None
 
 
 class ResnetGenerator(nn.Module):
@@ -192,6 +207,10 @@ class ResnetGenerator(nn.Module):
             priors = 1 + (config.dark_patch > 0)
             self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w + c + priors, HEAD_MAPS[config.output], 7))
         self.decoder = nn.Sequential(*decoder)
+        # A pass over one window of an image (a band, a tile) composes with the whole image's airlight: the
+        # restore engine records or finds it once and imposes it here (see :class:`ImageAirlight`).
+        self.imposed_airlight: ImageAirlight | None = None
+        self.record_airlight, self.recorded_airlight = False, None
 
     def decode(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The decoder's output: the image, or the scattering head's maps."""
@@ -248,11 +267,29 @@ class ResnetGenerator(nn.Module):
         floored on ``x`` (:func:`floor_airlight`)."""
         t = MIN_TRANSMISSION + (1 - MIN_TRANSMISSION) * torch.sigmoid(decoded[:, :1] + TRANSMISSION_OFFSET)
         a = torch.sigmoid(decoded[:, 1:2] + AIRLIGHT_OFFSET)
+        imposed = self.imposed_airlight or ImageAirlight()
         if self.config.pool_airlight:  # one atmosphere: one grey airlight per image (per crop in training)
-            a = a.mean(dim=(-2, -1), keepdim=True)
+            a = a.mean(dim=(-2, -1), keepdim=True) if imposed.pooled is None else imposed.pooled.to(a)
+            if self.record_airlight:
+                self.recorded_airlight = a.detach()
         if self.config.airlight_floor:  # at least He et al.'s airlight of this input (working copy, or crop)
-            t, a = floor_airlight((x + 1) / 2, t, a, self.config.airlight_floor)
+            t, a = floor_airlight((x + 1) / 2, t, a, self.config.airlight_floor, imposed.estimate)
         return t, a
+
+    @property
+    def airlight_is_global(self) -> bool:
+        """Whether the output depends on the whole image's airlight (pooled, or floored by the image's estimate), so
+        that a pass over one window of it needs :attr:`imposed_airlight`."""
+        return self.head is not None and bool(self.config.pool_airlight or self.config.airlight_floor)
+
+    @contextlib.contextmanager
+    def imposing_airlight(self, airlight: ImageAirlight | None) -> Iterator[None]:
+        """Within the block every forward composes with ``airlight`` (None: each input's own)."""
+        previous, self.imposed_airlight = self.imposed_airlight, airlight
+        try:
+            yield
+        finally:
+            self.imposed_airlight = previous
 
     def layer_channels(self, layers: tuple[int, ...]) -> list[int]:
         """Channel count of the encoder output at each tapped layer index."""
@@ -308,89 +345,3 @@ class ResnetGenerator(nn.Module):
         if not stop_early:
             features.append(x)
         return features
-
-
-class PatchDiscriminator(nn.Module):
-    """70×70 PatchGAN: a map of real/fake scores, one per overlapping 70×70 patch."""
-
-    def __init__(self, channels: int = 3, width: int = 64, layers: int = 3) -> None:
-        super().__init__()
-        seq: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-        mult = 1
-        for n in range(1, layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            stride = 2 if n < layers else 1
-            seq += [nn.Conv2d(width * prev, width * mult, 4, stride=stride, padding=1),
-                    nn.InstanceNorm2d(width * mult), nn.LeakyReLU(0.2, inplace=True)]
-        seq += [nn.Conv2d(width * mult, 1, 4, stride=1, padding=1)]
-        self.model = nn.Sequential(*seq)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-def _mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, cout))
-
-
-class ProjectionHeads(nn.Module):
-    """One 2-layer MLP per tapped encoder layer; outputs are L2-normalised."""
-
-    def __init__(self, in_channels: list[int], dim: int = 256) -> None:
-        super().__init__()
-        self.mlps = nn.ModuleList(_mlp(c, dim, dim) for c in in_channels)
-
-    def forward(self, layer: int, vectors: torch.Tensor) -> torch.Tensor:
-        """Project ``vectors`` (..., C) of tapped layer number ``layer`` (position in the tap list)."""
-        return F.normalize(self.mlps[layer](vectors), dim=-1)
-
-
-def sample_patches(features: list[torch.Tensor], count: int, generator: torch.Generator | None = None,
-                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Pick ``count`` random spatial positions per layer (the same for every image in the batch).
-
-    Returns the picked feature vectors, shape (B, K, C) per layer, and the flat indices used, so that
-    the same positions can be read from another feature map of equal size.
-    """
-    picked, indices = [], []
-    for feat in features:
-        b, c, h, w = feat.shape
-        k = min(count, h * w)
-        idx = torch.randperm(h * w, generator=generator)[:k].to(feat.device)
-        picked.append(feat.flatten(2)[:, :, idx].transpose(1, 2))
-        indices.append(idx)
-    return picked, indices
-
-
-def gather_patches(features: list[torch.Tensor], indices: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Read the feature vectors at ``indices`` (from :func:`sample_patches`), shape (B, K, C)."""
-    return [feat.flatten(2)[:, :, idx].transpose(1, 2) for feat, idx in zip(features, indices)]
-
-
-class NegativeGenerator(nn.Module):
-    """Hard-negative generator ("negative adversary") of NEGCUT/CDD-GAN.
-
-    For each tapped layer it takes one pooled, projected key vector per image, repeats it K times,
-    appends K fresh Gaussian noise vectors and maps each through a small MLP to a unit vector, i.e.
-    K negatives per image that live in the projection heads' output space.
-    """
-
-    def __init__(self, layers: int, dim: int = 256, noise_dim: int = 64, hidden: int = 256) -> None:
-        super().__init__()
-        self.noise_dim = noise_dim
-        self.mlps = nn.ModuleList(_mlp(dim + noise_dim, hidden, dim) for _ in range(layers))
-
-    def forward(self, layer: int, pooled: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """``pooled`` (B, D) and ``noise`` (B, K, noise_dim) → negatives (B, K, D), unit length."""
-        k = noise.shape[1]
-        x = torch.cat([pooled[:, None, :].expand(-1, k, -1), noise], dim=-1)
-        return F.normalize(self.mlps[layer](x), dim=-1)
-
-
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
-    """The lineage's N(0, 0.02) initialisation for conv and linear weights, zero biases."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

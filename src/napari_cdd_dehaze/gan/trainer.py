@@ -26,9 +26,11 @@ from typing import Callable, Iterator
 
 import torch
 
+from napari_cdd_dehaze import __version__
 from napari_cdd_dehaze.imaging.devices import pick_device
 
 from .checkpoint import (
+    DEFAULT_WEIGHTS,
     MODEL_FILE,
     RESTORER_FIELDS,
     RESTORER_FILE,
@@ -159,7 +161,6 @@ class Trainer:
         if config is None:
             raise ValueError("a config is needed unless resuming")
         if str(init_from) == "default":  # the bundled model, by name as everywhere else
-            from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
             init_from = DEFAULT_WEIGHTS
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
             config = _take_network_of(config, init_from)
@@ -262,7 +263,8 @@ class Trainer:
             }
             path = save_checkpoint(self.run_dir, self.step, self.method, meta, train_state, c.keep_checkpoints)
             save_restorer(self.run_dir / RESTORER_FILE, self.method.shipped_restorer(),
-                          {"method": c.method, "step": self.step, "checkpoint": path.name})
+                          {"method": c.method, "step": self.step, "checkpoint": path.name,
+                           "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": __version__})
         self.replicas.barrier()
         return path
 

@@ -36,7 +36,8 @@ from napari_cdd_dehaze.imaging.devices import pick_device
 from napari_cdd_dehaze.io.image_files import IntensityMap
 
 from .classical import ClassicalDehazer
-from .tiles import Cancelled, TiledRunner
+from .dispatch import Dispatcher
+from .windows import Cancelled
 
 
 @dataclass
@@ -126,14 +127,14 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> TiledRunner:
+def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> Dispatcher:
     restorer = with_airlight_floor(restorer, options.airlight_floor)
     device = pick_device(options.device)
     if options.precision not in AUTOCAST:
         raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {options.precision!r}")
     if options.precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 autocast is for GPUs; use fp32 or bf16 on the CPU")
-    return TiledRunner(restorer, device, tile=options.tile, margin=options.margin,
+    return Dispatcher(restorer, device, tile=options.tile, margin=options.margin,
                        whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
                        approx_stats_pixels=options.approx_stats_pixels,
                        stream_memory_bytes=options.stream_memory_bytes, scratch_dir=options.scratch_dir,
@@ -174,7 +175,7 @@ def stream_device_bytes(device: torch.device, requested: int | None) -> int:
     return free // 2
 
 
-def restore_plane(runner: TiledRunner, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
+def restore_plane(runner: Dispatcher, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
                   progress: Callable[[int, int], None] | None = None, alpha: bool = True) -> None:
     """Restore one (H, W) or (H, W, C) plane into ``out`` (same shape and dtype).
 
@@ -211,7 +212,7 @@ def restore_plane_whole(dehazer: ClassicalDehazer, plane: np.ndarray, imap: Inte
         sink[..., job] = imap.from_unit(dehazer(imap.to_unit(colour[..., job])))
 
 
-def _run_channels(runner: TiledRunner, source: np.ndarray, sink: np.ndarray, job: list[int], imap: IntensityMap,
+def _run_channels(runner: Dispatcher, source: np.ndarray, sink: np.ndarray, job: list[int], imap: IntensityMap,
                   channels: int, progress) -> None:
     h, w = source.shape[:2]
     ph, pw = max(-(-h // 4) * 4, MIN_SIDE), max(-(-w // 4) * 4, MIN_SIDE)

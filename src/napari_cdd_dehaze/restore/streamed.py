@@ -26,108 +26,18 @@ image size.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from napari_cdd_dehaze.gan.networks import InstanceNorm, ResidualBlock, ResnetGenerator
+from napari_cdd_dehaze.gan.networks import AIRLIGHT_OFFSET, ImageAirlight, InstanceNorm, ResidualBlock, ResnetGenerator
+
+from .stores import FileStore, MemoryStore, Moments
+from .windows import ReadWindow, WriteWindow, floor_estimate
 
 Rows = Callable[[int, int], torch.Tensor]  # (y0, y1) → (1, C, y1 - y0, W) float32 on the compute device
-
-
-class MemoryStore:
-    """A (C, H, W) float32 array in the memory of ``device`` (RAM for the CPU), written and read by rows.
-
-    A write of all rows at once (a stage that fits one band, the usual case up to a few megapixels) keeps
-    the tensor itself instead of copying it, when it is already on ``device``.
-    """
-
-    def __init__(self, channels: int, height: int, width: int, on_close: Callable[[int], None] | None,
-                 device: torch.device | str = "cpu") -> None:
-        self.shape = (channels, height, width)
-        self.device = torch.device(device)
-        self.data: torch.Tensor | None = None
-        self._on_close = on_close
-
-    def write(self, y0: int, rows: torch.Tensor) -> None:
-        if y0 == 0 and rows.shape == self.shape:
-            self.data = rows.to(self.device)
-            return
-        if self.data is None:
-            self.data = torch.empty(self.shape, device=self.device)
-        self.data[:, y0:y0 + rows.shape[1]] = rows
-
-    def read(self, y0: int, y1: int) -> torch.Tensor:
-        return self.data[:, y0:y1]
-
-    def take(self) -> torch.Tensor:
-        """All rows, handed over: the store forgets them (a later read fails), so the caller may overwrite them."""
-        data, self.data = self.data, None
-        return data
-
-    def close(self) -> None:
-        if self._on_close is not None:
-            self._on_close(self.shape[0] * self.shape[1] * self.shape[2] * 4)
-            self._on_close = None
-        self.data = None
-
-
-class FileStore:
-    """A (C, H, W) float32 array in an unlinked temporary file, rows stored contiguously (H, C, W)."""
-
-    def __init__(self, channels: int, height: int, width: int, folder: str | None) -> None:
-        self.channels, self.width = channels, width
-        self.row_bytes = channels * width * 4
-        fd, path = tempfile.mkstemp(prefix="cdd-stream-", suffix=".f32", dir=folder)
-        os.unlink(path)  # the data lives as long as the descriptor: nothing is left behind after a crash
-        self.fd = fd
-        os.ftruncate(fd, height * self.row_bytes)
-
-    def write(self, y0: int, rows: torch.Tensor) -> None:
-        buffer = memoryview(rows.cpu().permute(1, 0, 2).contiguous().numpy()).cast("B")
-        offset, done = y0 * self.row_bytes, 0
-        while done < len(buffer):
-            done += os.pwrite(self.fd, buffer[done:], offset + done)
-
-    def read(self, y0: int, y1: int) -> torch.Tensor:
-        array = np.empty((y1 - y0, self.channels, self.width), dtype=np.float32)
-        view, offset, done = memoryview(array).cast("B"), y0 * self.row_bytes, 0
-        while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got == 0:
-                raise OSError("scratch file ended early")
-            done += got
-        return torch.from_numpy(array).permute(1, 0, 2)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class Moments:
-    """Per-channel mean and (biased) variance over all rows added, merged across bands in float64."""
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.m2 = 0, None, None
-
-    def add(self, rows: torch.Tensor) -> None:  # (C, r, W)
-        n = rows.shape[1] * rows.shape[2]
-        var, mean = torch.var_mean(rows.float(), dim=(1, 2), correction=0)
-        mean, m2 = mean.double().cpu(), var.double().cpu() * n
-        if self.mean is None:
-            self.count, self.mean, self.m2 = n, mean, m2
-            return
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
-        self.count = total
 
 
 @dataclass
@@ -159,15 +69,16 @@ class Stored:
     inv_std: torch.Tensor | None = None  # (1, C, 1, 1)
     shift: torch.Tensor | None = None    # −mean / std, (1, C, 1, 1)
 
-    def normalised(self, y0: int, y1: int, device: torch.device) -> torch.Tensor:
+    def normalised(self, y0: int, y1: int, device: torch.device, keep: bool = False) -> torch.Tensor:
         """Rows y0…y1 as the norm layer outputs them, in a tensor the caller may overwrite.
 
         Raw rows are normalised as x · s + b in one pass, in place where they are ours (a fresh read from a
         file, a copy to another device, or all the rows of an in-memory store: a stage that reads every row in
         one band reads them only once), which saves allocating and first-touching a layer-sized tensor.
+        ``keep``: the rows will be read again, so an in-memory store keeps them.
         """
         store = self.store
-        if isinstance(store, MemoryStore) and (y0, y1) == (0, store.shape[1]):
+        if isinstance(store, MemoryStore) and (y0, y1) == (0, store.shape[1]) and not keep:
             raw, private = store.take(), True
         else:
             raw, private = store.read(y0, y1), isinstance(store, FileStore)
@@ -267,8 +178,8 @@ class StreamedRunner:
         return total
 
     @torch.inference_mode()
-    def run(self, read: Callable[[int, int, int, int], torch.Tensor],
-            write: Callable[[int, int, int, int, torch.Tensor], None], height: int, width: int,
+    def run(self, read: ReadWindow,
+            write: WriteWindow, height: int, width: int,
             progress: Callable[[int, int], None] | None = None) -> None:
         """Restore the ``height``×``width`` image behind ``read`` (multiples of 4) into ``write``, by row bands."""
         if height % 4 or width % 4:
@@ -312,14 +223,46 @@ class StreamedRunner:
                     s.close()
                 source, done_with = norm_relu(stored), [stored]
                 h, w = h * 2, w * 2
-            final = next(stages)
+            final, airlight = next(stages), None
             if self.generator.head is not None:
                 decoded = source
 
                 def source(y0: int, y1: int) -> torch.Tensor:
                     x = image(y0, y1)
                     return torch.cat([decoded(y0, y1), self.generator.intensity_priors(x)], dim=1)
-            self._stage(final, source, h, w, new_store, sink=lambda y0, t: write(y0, y0 + t.shape[-2], 0, width, t))
+                if self.generator.airlight_is_global:
+                    airlight = self._image_airlight(final, stored, image, h, w)
+            with self.generator.imposing_airlight(airlight):
+                self._stage(final, source, h, w, new_store,
+                            sink=lambda y0, t: write(y0, y0 + t.shape[-2], 0, width, t))
+
+    def _image_airlight(self, stage: Stage, decoded: Stored, image: Rows, height: int, width: int) -> ImageAirlight:
+        """The whole image's airlight terms, found before the output stage composes any band with them: the mean of
+        the head's airlight map by a first pass of the head alone over ``decoded`` (the last upsampling's rows,
+        kept for the second), and the floor's estimate of the input band by band."""
+        g, band = self.generator, self.band_rows(stage, width)
+        estimate = floor_estimate(g, image, height, width, band)
+        pooled = None
+        if g.config.pool_airlight:
+            total = torch.zeros((), dtype=torch.float64)
+            starts = range(0, height, band)
+            self._total += len(starts)
+            for y0 in starts:
+                self.check_stop()
+                y1 = min(y0 + band, height)
+                s, e = max(0, y0 - stage.halo), min(height, y1 + stage.halo)
+                rows = torch.relu_(decoded.normalised(s, e, self.device, keep=True))
+                with self._autocast():
+                    maps = g.head(torch.cat([rows, g.intensity_priors(image(s, e))], dim=1)).float()
+                total += torch.sigmoid(maps[:, 1:2, y0 - s:y1 - s] + AIRLIGHT_OFFSET).double().sum().cpu()
+                self._tick()
+            pooled = (total / (height * width)).float().view(1, 1, 1, 1).to(self.device)
+        return ImageAirlight(pooled, None if estimate is None else estimate.to(self.device))
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        if self._progress is not None:
+            self._progress(self._ticks, self._total)
 
     def _stage(self, stage: Stage, source: Rows, height: int, width: int, new_store,
                keep: MemoryStore | FileStore | None = None,
@@ -351,9 +294,7 @@ class StreamedRunner:
                 else:
                     moments.add(core)
                 store.write(int(y0 * scale), core)
-            self._ticks += 1
-            if self._progress is not None:
-                self._progress(self._ticks, self._total)
+            self._tick()
         if sink is not None:
             return None
         if whole:

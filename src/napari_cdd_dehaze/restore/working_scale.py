@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from napari_cdd_dehaze.gan.networks import MIN_SIDE, MIN_TRANSMISSION, ResnetGenerator
 from napari_cdd_dehaze.imaging.primitives import guided_coefficients, luminance
 
+from .windows import ReadWindow, WriteWindow, block_average
+
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
 
-ReadWindow = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) → (1, C, h, w) in [-1, 1]
 
 
 def working_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -62,8 +63,7 @@ def shrink(read: ReadWindow, height: int, width: int, size: int, band_elements: 
     factor, rows_used, cols_used = block_cover(height, width, size)
     channels = read(0, 1, 0, 1).shape[1]
     band = max(factor, band_elements // max(1, channels * cols_used) // factor * factor)
-    reduced = torch.cat([F.avg_pool2d(read(y, min(y + band, rows_used), 0, cols_used).float(), factor)
-                         for y in range(0, rows_used, band)], dim=2)
+    reduced = block_average(read, rows_used, cols_used, factor, band)
     shape = working_shape(height, width, size)
     if tuple(reduced.shape[-2:]) == shape:
         return reduced
@@ -124,7 +124,7 @@ def haze_at_working_scale(generator: ResnetGenerator, image: torch.Tensor,
 
 @torch.inference_mode()
 def run_at_working_scale(generator: ResnetGenerator, device: torch.device, read: ReadWindow,
-                         write: Callable[[int, int, int, int, torch.Tensor], None], height: int, width: int,
+                         write: WriteWindow, height: int, width: int,
                          size: int, band_elements: int = 1 << 24, autocast_dtype: torch.dtype | None = None,
                          check_stop: Callable[[], None] | None = None,
                          progress: Callable[[int, int], None] | None = None) -> None:

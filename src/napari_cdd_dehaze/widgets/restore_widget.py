@@ -90,7 +90,7 @@ class RestoreWidget(Container):
 
     def _start(self, layer, spec: str) -> None:
         from napari_cdd_dehaze.restore.engine import RestoreOptions
-        from napari_cdd_dehaze.restore.tiles import Cancelled
+        from napari_cdd_dehaze.restore.windows import Cancelled
 
         data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
         channel_axis = -1 if layer.rgb else None  # napari's rgb flag says whether the last axis is colour

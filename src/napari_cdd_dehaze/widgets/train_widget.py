@@ -38,7 +38,7 @@ def preview_crop(data: np.ndarray, rgb: bool, current_step: tuple[int, ...], sid
     plane_dims = 3 if rgb else 2
     leading = data.shape[:data.ndim - plane_dims]
     steps = tuple(current_step[-(len(leading) + 2):-2]) if leading else ()
-    index = tuple(min(max(int(s), 0), n - 1) for s, n in zip(steps, leading))
+    index = tuple(min(max(int(s), 0), n - 1) for s, n in zip(steps, leading, strict=False))
     plane = np.asarray(data[index])
     h, w = plane.shape[:2]
     y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)

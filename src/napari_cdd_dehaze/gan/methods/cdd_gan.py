@@ -29,14 +29,8 @@ from torch import nn
 
 from napari_cdd_dehaze.gan.config import TrainConfig
 from napari_cdd_dehaze.gan.losses import diversity_loss, negative_adversary_loss, patch_nce_loss
-from napari_cdd_dehaze.gan.networks import (
-    MIN_TRANSMISSION,
-    NegativeGenerator,
-    PatchDiscriminator,
-    ProjectionHeads,
-    ResnetGenerator,
-    init_weights,
-)
+from napari_cdd_dehaze.gan.networks import MIN_TRANSMISSION, ResnetGenerator
+from napari_cdd_dehaze.gan.training_networks import NegativeGenerator, PatchDiscriminator, ProjectionHeads, init_weights
 from napari_cdd_dehaze.imaging.primitives import dark_channel, dark_channel_transmission
 
 from .common import CycleContrastMethod, Translations, ema_update, frozen_copy
@@ -145,7 +139,7 @@ class CDDGAN(CycleContrastMethod):
         for contrast, momentum_heads, negatives in zip(
                 self.dual_contrast(out, rng),
                 (self.momentum_heads_restorer, self.momentum_heads_degrader),
-                (self.negatives_restorer, self.negatives_degrader)):
+                (self.negatives_restorer, self.negatives_degrader), strict=False):
             with self._autocast(), torch.no_grad():  # pool, then project: one vector per image and layer
                 pooled = [momentum_heads(i, t.mean(dim=(2, 3))) for i, t in enumerate(contrast.key_taps)]
             pairs.append(ContrastPairs(contrast.queries, contrast.keys, pooled, negatives))
@@ -159,7 +153,7 @@ class CDDGAN(CycleContrastMethod):
             return zero, zero
         adversary, diversity, count = 0.0, 0.0, 0
         for p in pairs:
-            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled)):
+            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled, strict=False)):
                 noise = self._noise(q, rng)
                 with self._autocast():
                     generated = p.generator(i, pooled, noise)
@@ -174,7 +168,7 @@ class CDDGAN(CycleContrastMethod):
         c = self.config
         total, count = 0.0, 0
         for p in pairs:
-            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled)):
+            for i, (q, k, pooled) in enumerate(zip(p.queries, p.keys, p.pooled, strict=False)):
                 generated = None
                 if c.negatives != "internal":
                     with torch.no_grad(), self._autocast():

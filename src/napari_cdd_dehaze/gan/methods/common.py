@@ -18,7 +18,8 @@ from torch import nn
 
 from napari_cdd_dehaze.gan.distributed import SINGLE, Replicas
 from napari_cdd_dehaze.gan.losses import discriminator_loss, generator_adversarial_loss, l1_loss
-from napari_cdd_dehaze.gan.networks import ProjectionHeads, ResnetGenerator, gather_patches, sample_patches
+from napari_cdd_dehaze.gan.networks import ResnetGenerator
+from napari_cdd_dehaze.gan.training_networks import ProjectionHeads, gather_patches, sample_patches
 
 
 @dataclass
@@ -55,7 +56,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(average: nn.Module, live: nn.Module, decay: float) -> None:
     """average ← decay·average + (1 − decay)·live, parameters and buffers alike."""
-    for a, b in zip(average.state_dict().values(), live.state_dict().values()):
+    for a, b in zip(average.state_dict().values(), live.state_dict().values(), strict=False):
         if a.dtype.is_floating_point:
             a.lerp_(b, 1.0 - decay)
         else:

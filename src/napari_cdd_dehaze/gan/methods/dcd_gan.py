@@ -19,7 +19,8 @@ from torch import nn
 
 from napari_cdd_dehaze.gan.config import TrainConfig
 from napari_cdd_dehaze.gan.losses import patch_nce_loss
-from napari_cdd_dehaze.gan.networks import PatchDiscriminator, ProjectionHeads, ResnetGenerator, init_weights
+from napari_cdd_dehaze.gan.networks import ResnetGenerator
+from napari_cdd_dehaze.gan.training_networks import PatchDiscriminator, ProjectionHeads, init_weights
 
 from .common import CycleContrastMethod, DirectionContrast, frozen_copy
 
@@ -88,5 +89,5 @@ class DCDGAN(CycleContrastMethod):
     def nce_loss(self, contrasts: list[DirectionContrast]) -> torch.Tensor:
         """Dual PatchNCE with in-image negatives, mean over both directions and all tapped layers."""
         losses = [patch_nce_loss(q, k, None, True, self.config.temperature)
-                  for contrast in contrasts for q, k in zip(contrast.queries, contrast.keys)]
+                  for contrast in contrasts for q, k in zip(contrast.queries, contrast.keys, strict=False)]
         return torch.stack(losses).mean()

@@ -7,7 +7,7 @@ The baseline ("redundant") is the same objective organised the way the public CU
 its passes: the identity images as separate forwards, and every contrastive feature read by an extra
 encoder pass instead of being tapped from the translation and cycle passes that compute it anyway.
 
-    python benchmarks/bench_train.py                     # the table of benchmarks/README.md
+    python benchmarks/bench_train.py                     # the table of docs/benchmarks.md
     python benchmarks/bench_train.py --only cpu@128 --precision bf16
     python benchmarks/bench_train.py --device cuda --only paper@256 --precision fp32 bf16 fp16
 

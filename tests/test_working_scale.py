@@ -218,7 +218,7 @@ def test_a_guided_upsampling_restores_a_depth_edge_that_the_bilinear_one_smears(
     working-scale pixel wide along the outline; carried along the hazy image's own edges (radius 1) it does not.
     (With this perfect t a wide radius costs more inside the objects than it gains at the outline, texture
     entering the local fits; with a learned t, whose errors are texture of its own, radius 8 scored best on
-    the validation suites: training/README.md.)"""
+    the validation suites.)"""
     clear = resize(photos["coffee"], (400, 600), anti_aliasing=True).astype(np.float32)
     rows, cols = np.mgrid[:400, :600]
     near = (rows - 230) ** 2 / 150 ** 2 + (cols - 290) ** 2 / 210 ** 2 < 1  # an ellipse in front, far behind

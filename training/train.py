@@ -10,7 +10,7 @@
         --steps 300 --lr 1e-4 --until 100 ...
 
 Read top to bottom: config → engine (data, networks, optimisers; joins torchrun's process group if
-launched by it) → loop of events (rank 0 logs) → final model. See training/README.md. The run control
+launched by it) → loop of events (rank 0 logs) → final model. See docs/training.md. The run control
 (signals, losses.csv, --until, recipe files and options, resume rules) is napari_cdd_dehaze.gan.run_control,
 which `cdd-dehaze train` shares.
 """

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from .losses import GAN_MODES
 from .networks import GeneratorConfig
@@ -12,71 +13,94 @@ NEGATIVE_MODES = ("internal", "generated", "both")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 trains with one gradient scaler per optimiser
 
 
+# The concerns a field belongs to, in the order recipes, ``--help`` and the docs list them.
+GROUPS = ("model", "inference", "data", "optimisation", "losses", "contrast", "run")
+
+
+def _field(group: str, default: Any, resumable: bool = False) -> Any:
+    """A :class:`TrainConfig` field of ``group``; ``resumable``: a resumed run may change it (how long and where it
+    runs, the per-process batch, and how the restorer composes its output: fields without weights of their own)."""
+    return dataclasses.field(default=default, metadata={"group": group, "resumable": resumable})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that decides what a training run computes.
+    """Everything that decides what a training run computes, one field per setting, grouped by concern.
 
-    The defaults are CDD-GAN's ``paper`` preset (see :data:`PRESETS` for where each value comes from);
-    :func:`preset` gives each method's presets (:data:`METHOD_PRESETS`). Fields only one method reads:
-    ``lambda_diversity``, ``noise_dim``, ``head_momentum`` (CDD-GAN's negative generators).
+    Each field is declared once, here: recipes (YAML), checkpoints and the command line's options are written, read
+    and listed from ``dataclasses.fields`` (:meth:`fields_of`), and :meth:`generator_config` takes the model fields
+    that :class:`~napari_cdd_dehaze.gan.networks.GeneratorConfig` declares. The defaults are CDD-GAN's ``paper``
+    preset (see :data:`PRESETS` for where each value comes from); :func:`preset` gives each method's presets
+    (:data:`METHOD_PRESETS`). Fields only CDD-GAN reads: ``lambda_diversity``, ``noise_dim``, ``head_momentum``
+    (its negative generators) and the haze terms (``lambda_rehaze_cycle``, ``lambda_hazed_clean``,
+    ``lambda_dark_match``).
     """
 
-    method: str = "cdd-gan"
-    # networks
-    channels: int = 3
-    width: int = 64
-    blocks: int = 9
-    upsample: str = "resize"
-    output: str = "image"  # "image"; "scattering": generators predict transmission and airlight (networks.py);
-    #                        "rain": the same plus an additive streak layer
-    dark_patch: int = 0     # scattering/rain heads: also see the input's dark channel over this window (0: no)
-    estimate_size: int = 0  # scattering restorer, at inference: long side at which t and a are estimated (0: full)
-    pool_airlight: int = 0  # with estimate_size: 1 = one grey airlight per image, the mean of the head's map
-    #                         (per training crop too: the restorer trains as it runs)
-    guided_upsample: int = 0  # with estimate_size, at inference only: t carried to full size by a fast guided
-    #                           filter of this radius (working-scale pixels) instead of a bilinear resize
-    airlight_floor: int = 0  # with estimate_size: the restorer composes with at least He et al.'s grey airlight of its
-    #                          input (dark channel over this odd window), the head's veil kept; in training (each
-    #                          crop) and at inference (the working-scale copy)
-    disc_width: int = 64
+    # model: what is trained (GeneratorConfig's fields, the critic's width)
+    method: str = _field("model", "cdd-gan")
+    channels: int = _field("model", 3)
+    width: int = _field("model", 64)
+    blocks: int = _field("model", 9)
+    upsample: str = _field("model", "resize")
+    # "image"; "scattering": generators predict transmission and airlight (networks.py); "rain": the same plus an
+    # additive streak layer
+    output: str = _field("model", "image")
+    dark_patch: int = _field("model", 0)  # scattering/rain heads: also see the input's dark channel over this window
+    disc_width: int = _field("model", 64)
+    # inference: how a scattering restorer runs, stored with its weights (the bundled model uses all four)
+    estimate_size: int = _field("inference", 0)  # long side at which t and a are estimated (0: full resolution)
+    # 1 = one grey airlight per image, the mean of the head's map (per training crop too: it trains as it runs)
+    pool_airlight: int = _field("inference", 0)
+    # with estimate_size, at inference only: t carried to full size by a fast guided filter of this radius
+    # (working-scale pixels) instead of a bilinear resize
+    guided_upsample: int = _field("inference", 0, resumable=True)
+    # with estimate_size: compose with at least He et al.'s grey airlight of the input (dark channel over this odd
+    # window), the head's veil kept; in training (each crop) and at inference (the working-scale copy)
+    airlight_floor: int = _field("inference", 0, resumable=True)
     # data
-    crop: int = 256
-    load_size: int = 0          # short side rescaled to this before cropping; 0 keeps the image's own size
-    batch_size: int = 1
+    crop: int = _field("data", 256)
+    load_size: int = _field("data", 0)  # short side rescaled to this before cropping; 0 keeps the image's own size
+    batch_size: int = _field("data", 1, resumable=True)  # per process: a run can move to another number of them
     # optimisation
-    steps: int = 400_000
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    decay_from: float = 0.5     # fraction of ``steps`` after which the learning rate decays linearly to 0
-    gan_mode: str = "lsgan"
-    clean_critic_sees: str = "image"  # or "relative": each image over its own mean light (methods/common.py)
-    # objective weights
-    lambda_gan: float = 1.0
-    lambda_nce: float = 2.0
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 1.0
-    lambda_diversity: float = 0.1
-    rehaze_airlight: tuple[float, float] = (0.6, 1.0)  # the grey airlights the two terms below haze with
-    lambda_rehaze_cycle: float = 0.0  # cdd-gan: restore the output hazed again with a classical t (cdd_gan.py)
-    rehaze_power: tuple[float, float] = (0.2, 1.0)  # that t is the dark-channel t of x raised to a power drawn here
-    lambda_hazed_clean: float = 0.0  # cdd-gan: restore clean photos hazed with the hazy batch's classical t
-    hazed_clean_power: tuple[float, float] = (0.2, 1.0)  # ... raised to a power drawn here (> 1: denser than x's)
-    lambda_dark_match: float = 0.0  # cdd-gan: G(x)'s dark channel against its clean partner's (cdd_gan.py)
-    # contrastive terms
-    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)
-    num_patches: int = 256
-    temperature: float = 0.07
-    negatives: str = "both"     # in-image ("internal"), "generated" by the negative generators, or "both"
-    head_dim: int = 256
-    noise_dim: int = 64
-    head_momentum: float = 0.999
-    generator_ema: float = 0.999  # EMA of the restorer's weights (the model to ship); 0 disables
+    steps: int = _field("optimisation", 400_000, resumable=True)
+    lr: float = _field("optimisation", 2e-4)
+    betas: tuple[float, float] = _field("optimisation", (0.5, 0.999))
+    decay_from: float = _field("optimisation", 0.5)  # fraction of steps after which the lr decays linearly to 0
+    gan_mode: str = _field("optimisation", "lsgan")
+    clean_critic_sees: str = _field("optimisation", "image")  # or "relative": each image over its own mean light
+    generator_ema: float = _field("optimisation", 0.999)  # EMA of the restorer's weights (what ships); 0 disables
+    # losses: the objective's weights and the draws of the haze terms
+    lambda_gan: float = _field("losses", 1.0)
+    lambda_nce: float = _field("losses", 2.0)
+    lambda_cycle: float = _field("losses", 10.0)
+    lambda_identity: float = _field("losses", 1.0)
+    lambda_diversity: float = _field("losses", 0.1)
+    rehaze_airlight: tuple[float, float] = _field("losses", (0.6, 1.0))  # grey airlights the haze terms haze with
+    lambda_rehaze_cycle: float = _field("losses", 0.0)  # restore the output hazed again with a classical t
+    rehaze_power: tuple[float, float] = _field("losses", (0.2, 1.0))  # that t: x's dark-channel t to a power drawn here
+    lambda_hazed_clean: float = _field("losses", 0.0)  # restore clean photos hazed with the hazy batch's classical t
+    hazed_clean_power: tuple[float, float] = _field("losses", (0.2, 1.0))  # ... to a power drawn here (> 1: denser)
+    lambda_dark_match: float = _field("losses", 0.0)  # G(x)'s dark channel against its clean partner's
+    # contrast: the PatchNCE terms and the negative generators
+    nce_layers: tuple[int, ...] = _field("contrast", (0, 4, 8, 12, 16))
+    num_patches: int = _field("contrast", 256)
+    temperature: float = _field("contrast", 0.07)
+    negatives: str = _field("contrast", "both")  # in-image ("internal"), "generated" by the negative generators, "both"
+    head_dim: int = _field("contrast", 256)
+    noise_dim: int = _field("contrast", 64)
+    head_momentum: float = _field("contrast", 0.999)
     # run
-    seed: int = 0
-    precision: str = "fp32"
-    device: str = "auto"
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
+    seed: int = _field("run", 0)
+    precision: str = _field("run", "fp32")
+    device: str = _field("run", "auto", resumable=True)
+    checkpoint_every: int = _field("run", 1000, resumable=True)
+    keep_checkpoints: int = _field("run", 2, resumable=True)
+
+    @classmethod
+    def fields_of(cls, group: str | None = None, resumable: bool | None = None) -> tuple[str, ...]:
+        """The names of the fields of ``group`` (all: None), optionally only those a resumed run may change or not."""
+        return tuple(f.name for f in dataclasses.fields(cls)
+                     if group in (None, f.metadata["group"]) and resumable in (None, f.metadata["resumable"]))
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -201,7 +225,7 @@ PRESETS: dict[str, dict] = {
     "paper": {},
     # Laptop/CPU finetuning: width 32, 6 blocks, 128² crops, 128 patches; layer 16 does not exist with
     # 6 blocks, so the deepest tap is the last residual block (15). fp32: bf16 autocast pays off only on
-    # CPUs with native bf16 (avx512_bf16/AMX) and is ~10× slower on plain AVX2 (benchmarks/README.md).
+    # CPUs with native bf16 (avx512_bf16/AMX) and is ~10× slower on plain AVX2 (docs/benchmarks.md).
     "cpu": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=5000,
                 disc_width=32, checkpoint_every=250),
     # The bundled default model's recipe (training/configs/default.yaml, which a test keeps equal to this):

@@ -151,7 +151,7 @@ def floor_airlight(unit: torch.Tensor, t: torch.Tensor, a: torch.Tensor, patch: 
     the output subtracts stays the head's and only the contrast it restores follows the brighter airlight.
 
     Why: the transplant-trained restorers read the veil's brightness poorly, 0.85–0.87 under a grey airlight
-    of 0.7 and 0.95 under one of 1 (``training/README.md``), and under bright haze a low airlight leaves the
+    of 0.7 and 0.95 under one of 1 (validation suites), and under bright haze a low airlight leaves the
     scene dim and flat. He et al.'s estimate (the brightest of the haziest pixels) is right where some pixel
     is nearly all veil and too low where none is (a dim or lightly hazed scene), hence a floor, not a swap:
     on our validation suites the swap lost 3.6 dB on dim scenes, the floor lost none. In training the floor

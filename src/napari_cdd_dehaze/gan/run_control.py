@@ -81,9 +81,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type = Tr
     A shell's own option of the same name (the CLI's ``--steps``, ``--method`` with its choices, ...) is kept:
     it must set the same field (its ``dest`` is the field name), which is checked here.
     """
-    group = parser.add_argument_group("recipe fields", "any TrainConfig field, over the recipe (a preset, --config "
-                                                       "files); tuples as comma-separated lists, e.g. 0,4,8")
+    groups = {}
     for f in dataclasses.fields(config_type):
+        concern = f.metadata.get("group", "recipe")
+        if concern not in groups:
+            groups[concern] = parser.add_argument_group(
+                f"recipe fields: {concern}", "over the recipe (a preset, --config files); tuples as comma-separated "
+                                             "lists, e.g. 0,4,8" if not groups else None)
+        group = groups[concern]
         option = "--" + f.name.replace("_", "-")
         existing = parser._option_string_actions.get(option)  # argparse has no public look-up
         if existing is not None:

@@ -56,8 +56,7 @@ from .networks import GeneratorConfig
 # without weights of their own; a run resumed with ``airlight_floor`` trains with the floor from there on, as
 # the bundled model's second stage did). batch_size is here so that a run can move to another number of
 # processes and keep its global batch (batch_size × world_size).
-RUN_CONTROL_FIELDS = ("steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size",
-                      "airlight_floor", "guided_upsample")
+RUN_CONTROL_FIELDS = TrainConfig.fields_of(resumable=True)
 
 
 def resume_config(run_dir: str | Path, **changes) -> TrainConfig:

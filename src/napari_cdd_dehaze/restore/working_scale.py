@@ -13,8 +13,8 @@ so a near object's edge against a far background is not smeared by the coarse ma
 the head's grey airlight map is replaced by its mean over the image: homogeneous haze has one airlight, and
 a map lets the head trade airlight against transmission from place to place.
 With ``airlight_floor`` the airlight is at least He et al.'s estimate from the shrunk copy, the head's veil kept
-(:func:`floor_airlight`). Measured on validation photos (never on the evaluation sets) in
-``training/README.md``; it is also far cheaper than a full-resolution pass.
+(:func:`floor_airlight`). Chosen on validation photos, never on the evaluation sets
+(docs/model-card.md); it is also far cheaper than a full-resolution pass.
 
 Memory stays bounded by a band, as in the streamed engine: the shrunk copy is built from row bands (block
 averaging by an integer factor, then an antialiased resize of the small result), and the output is composed

@@ -241,7 +241,7 @@ class CDDGAN(CycleContrastMethod):
         The dark channel (He et al.'s statistic; ``dark_patch`` window, 15 if unset) is near 0 for a clear
         scene and rises with haze. On our validation pairs the restorers' outputs kept its mean near one level
         whatever the scene: 0.25 on average against the clear photos' 0.17 (spread 0.09), the excess largest
-        where the scene itself is darkest (training/README.md). The target is an *unpaired* clean image, so the
+        where the scene itself is darkest. The target is an *unpaired* clean image, so the
         term is a per-sample L1 whose minimiser is the median of the clean images' statistic: it pulls the
         restored images' haze level to that of clear photos, in either direction, and says nothing about
         where in the image. Gradients reach G through the output, t and a alike.

@@ -143,8 +143,8 @@ class CycleContrastMethod(nn.Module):
 
         With ``clean_critic_sees: relative`` it sees each image's intensities over their own mean, minus 1:
         a scene at half the light looks the same to it, so it judges contrast and colour, not exposure. Tried
-        against the too-bright outputs on dim hazy scenes, it did not fix them (training/README.md, "Dim
-        scenes under haze"): their brightness does not come from what this critic sees alone.
+        against the too-bright outputs on dim hazy scenes, it did not fix them on the validation
+        suites: their brightness does not come from what this critic sees alone.
         """
         if self.config.clean_critic_sees == "relative":
             unit = (images + 1) / 2

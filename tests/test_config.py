@@ -1,0 +1,40 @@
+"""The training configuration: every field declared once, in one concern, and the generator's taken from it."""
+import dataclasses
+
+import pytest
+
+from napari_cdd_dehaze.gan.config import GROUPS, PRESETS, TrainConfig, preset
+from napari_cdd_dehaze.gan.networks import GeneratorConfig
+from napari_cdd_dehaze.gan.trainer import RUN_CONTROL_FIELDS
+
+
+def test_every_field_has_one_concern_and_the_generator_fields_are_the_model_and_inference_ones():
+    fields = dataclasses.fields(TrainConfig)
+    assert {f.metadata["group"] for f in fields} == set(GROUPS)
+    assert sorted(sum((TrainConfig.fields_of(g) for g in GROUPS), ())) == sorted(f.name for f in fields)
+    generator = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
+    train = {f.name: f.default for f in fields}
+    # the generator's fields, with the same defaults (output names the run's pair, not one generator's head)
+    assert all(train[name] == default for name, default in generator.items() if name != "output")
+    assert set(generator) - {"output"} <= set(TrainConfig.fields_of("model") + TrainConfig.fields_of("inference"))
+    assert set(TrainConfig.fields_of("inference")) == {f.name for f in dataclasses.fields(GeneratorConfig)
+                                                       if f.metadata.get("restorer_only")}
+
+
+def test_what_a_resumed_run_may_change_is_declared_at_the_fields():
+    assert set(RUN_CONTROL_FIELDS) == {"steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size",
+                                       "airlight_floor", "guided_upsample"}
+
+
+def test_the_generators_of_a_run_take_its_fields_and_the_degrader_no_inference_policy():
+    config = preset("default")
+    restorer, degrader = config.generator_config("restore"), config.generator_config("degrade")
+    assert (restorer.output, degrader.output) == ("dehaze", "haze")
+    assert (restorer.width, restorer.dark_patch, restorer.estimate_size, restorer.airlight_floor) == (32, 15, 128, 3)
+    assert (degrader.width, degrader.dark_patch, degrader.estimate_size, degrader.airlight_floor) == (32, 15, 0, 0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_a_recipe(name):
+    config = preset(name)
+    assert TrainConfig.from_dict(config.to_dict()) == config

@@ -89,6 +89,16 @@ def test_restore_makes_a_layer_like_the_input(make_napari_viewer, qtbot, model_f
     assert "input (restored)" in widget.status.value
 
 
+def test_the_model_box_says_what_the_chosen_model_is(make_napari_viewer, model_file):
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Restore")
+    widget.model.value = "default"
+    assert "estimate_size: 128" in widget.model.tooltip and "step 2600" in widget.model.tooltip
+    widget.model.value = CHECKPOINT_FILE
+    widget.checkpoint.value = model_file
+    assert "width 8, 2 residual blocks" in widget.model.tooltip and "method test" in widget.model.tooltip
+
+
 def test_gui_stays_responsive_and_progress_counts_tiles(make_napari_viewer, qtbot, model_file):
     from qtpy.QtCore import QTimer
 

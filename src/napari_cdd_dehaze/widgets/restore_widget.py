@@ -12,7 +12,7 @@ from qtpy.QtCore import QTimer
 from napari_cdd_dehaze.imaging.devices import available_devices
 
 from .common import default_model_available, image_layer_choices, make_worker, notify_error, run_label
-from .session import TRAINED_MODELS
+from .trained_models import TRAINED_MODELS
 
 if TYPE_CHECKING:
     import napari
@@ -42,6 +42,8 @@ class RestoreWidget(Container):
                      self.progress, self.status])
 
         self.model.changed.connect(lambda: setattr(self.checkpoint, "visible", self.model.value == CHECKPOINT_FILE))
+        self.model.changed.connect(self._describe_model)
+        self.checkpoint.changed.connect(self._describe_model)
         self.run_button.changed.connect(self._run_or_cancel)
         # napari calls reset_choices() of a docked magicgui widget whenever layers change
         TRAINED_MODELS.subscribe(self._refresh_models)
@@ -53,6 +55,7 @@ class RestoreWidget(Container):
         self._timer = QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
+        self._describe_model()
 
     # ------------------------------------------------------------------ choices
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
@@ -62,6 +65,16 @@ class RestoreWidget(Container):
         choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in ("default", "identity")]
         choices += [(run_label(run), str(run)) for run in reversed(TRAINED_MODELS.runs())]
         return choices + [(CHECKPOINT_FILE, CHECKPOINT_FILE)]
+
+    def _describe_model(self, _value=None) -> None:
+        """The chosen model's network, inference policy and provenance as the model box's tooltip."""
+        from napari_cdd_dehaze.models import describe_model
+
+        spec = self.checkpoint.value if self.model.value == CHECKPOINT_FILE else self.model.value
+        try:
+            self.model.tooltip = "\n".join(describe_model(spec)) if spec else ""
+        except (ValueError, OSError):  # a path that is not a model yet: the Restore button says why
+            self.model.tooltip = ""
 
     def _refresh_models(self) -> None:
         self.model.reset_choices()

@@ -22,7 +22,7 @@ from .common import (
     notify_info,
 )
 from .loss_plot import LossPlot
-from .session import TRAINED_MODELS
+from .trained_models import TRAINED_MODELS
 
 if TYPE_CHECKING:
     import napari

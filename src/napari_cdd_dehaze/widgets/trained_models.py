@@ -1,4 +1,4 @@
-"""State shared by the widgets of one napari session: the models trained in it.
+"""State shared by the widgets of one napari viewer: the models trained in it.
 
 The Train widget adds each run it saves; the Restore widget lists them at once. Plain Python, no Qt.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 class TrainedModels:
-    """Run folders trained in this session, newest last, with listeners called on every change."""
+    """Run folders trained since napari started, newest last, with listeners called on every change."""
 
     def __init__(self) -> None:
         self._runs: list[Path] = []

@@ -202,3 +202,28 @@ def test_bands_and_tiles_compose_with_the_whole_images_airlight(fields):
     with g.imposing_airlight(ImageAirlight(grey, grey)):  # another airlight changes the output: the test can see it
         other = restore_array(g, image, RestoreOptions(tile=0, **options))
     assert np.abs(other - whole).max() > 0.01
+
+
+def test_the_file_store_needs_no_posix_only_calls_and_leaves_nothing_behind(monkeypatch, tmp_path):
+    """Streaming through files with ``os.preadv`` and ``os.pwrite`` unavailable (as on Windows) equals the whole
+    pass, and a stop in the middle leaves no scratch file in the folder."""
+    for name in ("preadv", "pwrite", "pread"):
+        monkeypatch.delattr("os." + name, raising=False)
+    g = _strong(GeneratorConfig(width=8, blocks=2, output="dehaze"))
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.inference_mode():
+        expected = g(x)
+    out = _stream(g, x, band_elements=20_000, memory_bytes=0, scratch_dir=str(tmp_path))
+    assert (out - expected).abs().max() < 1e-4
+    assert list(tmp_path.iterdir()) == []
+    calls = []
+
+    def stop_later():
+        calls.append(1)
+        if len(calls) > 12:
+            raise Cancelled("stopped")
+    runner = StreamedRunner(g, torch.device("cpu"), band_elements=20_000, memory_bytes=0,
+                            scratch_dir=str(tmp_path), check_stop=stop_later)
+    with pytest.raises(Cancelled):
+        runner.run(lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], lambda *a: None, 64, 96)
+    assert list(tmp_path.iterdir()) == []

@@ -1,10 +1,9 @@
-"""Where the streamed engine keeps a layer's rows between stages: the compute device's memory, RAM, or an unlinked
-temporary file (written and read with ``pwrite``/``preadv``, so its pages are the kernel's cache and not this
-process's memory); and the per-channel moments merged across bands.
+"""Where the streamed engine keeps a layer's rows between stages: the compute device's memory, RAM, or a temporary
+file that nothing outlives (its pages are the kernel's cache, not this process's memory); and the per-channel
+moments merged across bands.
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 
@@ -50,36 +49,40 @@ class MemoryStore:
 
 
 class FileStore:
-    """A (C, H, W) float32 array in an unlinked temporary file, rows stored contiguously (H, C, W)."""
+    """A (C, H, W) float32 array in a temporary file, rows stored contiguously (H, C, W).
+
+    ``tempfile.TemporaryFile`` in ``folder`` (default: the system's temporary folder): on POSIX it has no name from
+    the start, on Windows it is deleted when closed, so nothing is left behind after an error, a stop or a crash of
+    the process. Rows are written and read with seek, write and readinto, which every platform has.
+    """
 
     def __init__(self, channels: int, height: int, width: int, folder: str | None) -> None:
         self.channels, self.width = channels, width
         self.row_bytes = channels * width * 4
-        fd, path = tempfile.mkstemp(prefix="cdd-stream-", suffix=".f32", dir=folder)
-        os.unlink(path)  # the data lives as long as the descriptor: nothing is left behind after a crash
-        self.fd = fd
-        os.ftruncate(fd, height * self.row_bytes)
+        self.file = tempfile.TemporaryFile(prefix="cdd-stream-", suffix=".f32", dir=folder, buffering=0)
+        self.file.truncate(height * self.row_bytes)
 
     def write(self, y0: int, rows: torch.Tensor) -> None:
         buffer = memoryview(rows.cpu().permute(1, 0, 2).contiguous().numpy()).cast("B")
-        offset, done = y0 * self.row_bytes, 0
-        while done < len(buffer):
-            done += os.pwrite(self.fd, buffer[done:], offset + done)
+        self.file.seek(y0 * self.row_bytes)
+        done = 0
+        while done < len(buffer):  # an unbuffered write may take fewer bytes than given
+            done += self.file.write(buffer[done:])
 
     def read(self, y0: int, y1: int) -> torch.Tensor:
         array = np.empty((y1 - y0, self.channels, self.width), dtype=np.float32)
-        view, offset, done = memoryview(array).cast("B"), y0 * self.row_bytes, 0
+        view, done = memoryview(array).cast("B"), 0
+        self.file.seek(y0 * self.row_bytes)
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got == 0:
+            got = self.file.readinto(view[done:])
+            if not got:
                 raise OSError("scratch file ended early")
             done += got
         return torch.from_numpy(array).permute(1, 0, 2)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if not self.file.closed:
+            self.file.close()
 
 
 class Moments:

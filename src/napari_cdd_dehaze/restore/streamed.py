@@ -19,9 +19,8 @@ the cost of one forward pass plus the halos (a few percent) and the elementwise 
 Stores hold the raw (pre-norm) conv outputs at full, half or quarter resolution. On a GPU they stay in the
 GPU's memory while their sizes together stay under ``device_memory_bytes`` (no copies to the host and back:
 27× faster at 4096² on an H200); then in RAM while under ``memory_bytes``; beyond, each is a file in ``scratch_dir``
-(deleted as soon as it is created, so nothing is left behind) written and read with ``pwrite``/``preadv``:
-file pages are the kernel's cache, not this process's memory, so peak RSS stays at a few bands whatever the
-image size.
+(a temporary file that nothing outlives, :class:`~napari_cdd_dehaze.restore.stores.FileStore`): file pages are
+the kernel's cache, not this process's memory, so peak RSS stays at a few bands whatever the image size.
 """
 from __future__ import annotations
 

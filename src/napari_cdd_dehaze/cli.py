@@ -10,7 +10,10 @@ from .gan.checkpoint import CheckpointError
 from .gan.config import METHOD_PRESETS, METHODS
 from .gan.data import DataError
 from .gan.run_control import add_config_arguments, add_run_arguments
+from .io.image_files import IMAGE_SUFFIXES
 from .models import BUILTIN_MODELS
+
+IMAGE_SUFFIX_NAMES = [s.lstrip(".") for s in IMAGE_SUFFIXES]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -54,14 +57,13 @@ def _run_training(trainer, out: Path, args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from .imaging.devices import pick_device
-    from .io.image_files import ImageReadError, mapped_tiff_output, read_image, write_image
     from .models import load_model
     from .restore.classical import ClassicalDehazer
-    from .restore.engine import RestoreOptions, restore_array, with_airlight_floor
+    from .restore.engine import RestoreOptions, with_airlight_floor
+    from .restore.files import plan_jobs, restore_files
 
     if args.model and args.method:
         raise ValueError("give --model or --method, not both (--method X is the same as --model X)")
@@ -71,33 +73,35 @@ def _apply(args: argparse.Namespace) -> int:
     restorer = load_model(args.model or args.method)
     if not isinstance(restorer, ClassicalDehazer):  # once, not per image: a bad value is one error, up front
         restorer = with_airlight_floor(restorer, args.airlight_floor)
-    out_dir = Path(args.out)
-    failed = 0
-    for name in args.images:
-        path = Path(name)
-        try:
-            image = read_image(path, memory_map=True)
-            suffix = path.suffix.lower() if path.suffix.lower() != ".jpeg" else ".jpg"
-            target = out_dir / (path.stem + suffix)
-            with tqdm(desc=path.name, leave=False) as bar:
-                def progress(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
-                options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
-                                         estimate_size=args.estimate_size, progress=progress)
-                if isinstance(image, np.memmap):  # a large TIFF: read and written window by window
-                    with mapped_tiff_output(target, image) as out:
-                        restore_array(restorer, image, options, out=out)
-                else:
-                    write_image(target, restore_array(restorer, image, options))
-            print(f"{path} → {target}", file=sys.stderr)
-        except (ImageReadError, ValueError, OSError) as exc:
-            failed += 1
-            message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            print(f"error: {message}", file=sys.stderr)
-    if failed:
-        print(f"error: {failed} of {len(args.images)} image(s) failed", file=sys.stderr)
-    return 1 if failed else 0
+    jobs = plan_jobs(args.images, args.out)
+    if not jobs:
+        raise ValueError(f"no images found in {', '.join(args.images)} ({', '.join(IMAGE_SUFFIX_NAMES)})")
+    options = RestoreOptions(device=device, tile=args.tile, margin=args.overlap, precision=args.precision,
+                             estimate_size=args.estimate_size)
+    bars = []
+
+    def progress_for(job):
+        bars.append(tqdm(desc=job.source.name, leave=False))
+
+        def progress(done: int, total: int) -> None:
+            bars[-1].total = total
+            bars[-1].update(done - bars[-1].n)
+        return progress
+
+    def on_file(done: int, total: int, job, status: str) -> None:
+        if bars:
+            bars.pop().close()
+        shown = f"→ {job.target}" if status == "restored" else status.replace(f"{job.source}: ", "")
+        print(f"[{done}/{total}] {job.source} {shown}", file=sys.stderr)
+
+    report = restore_files(restorer, jobs, options, overwrite=args.overwrite, progress_for=progress_for,
+                           on_file=on_file)
+    print(report.summary(), file=sys.stderr)
+    for _, message in report.failed:
+        print(f"error: {message}", file=sys.stderr)
+    if report.failed:
+        print(f"error: {len(report.failed)} of {len(jobs)} image(s) failed", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 ESTIMATE_SIZE_HELP = ("dehazing models: long side (pixels) of the shrunk copy on which the haze is estimated before "
@@ -176,8 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     apply = sub.add_parser("apply", help="restore images with a trained model")
-    apply.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files")
-    apply.add_argument("--out", required=True, help="folder for the restored images (same names, shapes, dtypes)")
+    apply.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                       help="PNG, JPEG or TIFF files, or folders of them (read recursively)")
+    apply.add_argument("--out", required=True, help="folder for the restored images: same names, relative layout, "
+                                                    "shapes, dtypes and GeoTIFF tags; outputs that exist are skipped")
+    apply.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
     apply.add_argument("--model", help="run folder, checkpoint folder or .safetensors file, or a built-in name: "
                                         + ", ".join(BUILTIN_MODELS))
     apply.add_argument("--method", help="same as --model, for the built-in methods (e.g. --method dcp)")

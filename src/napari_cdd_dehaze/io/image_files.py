@@ -60,14 +60,34 @@ def read_image(path: str | os.PathLike, memory_map: bool = False) -> np.ndarray:
     return array
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` in the format named by the suffix; the file appears atomically (temp + rename)."""
+# TIFF tags that place an image on the map or say what its values mean: GeoTIFF's model scale, tie points and
+# transformation, its key directory and parameters, and GDAL's metadata and nodata value. A restored image keeps them.
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+
+
+def kept_tiff_tags(path: str | os.PathLike) -> list[tuple]:
+    """The :data:`GEOTIFF_TAGS` of a TIFF's first page, as ``tifffile`` ``extratags`` to write them back verbatim;
+    none for other files."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return []
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        return [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in tags.values() if tag.code in GEOTIFF_TAGS]
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tuple] = ()) -> None:
+    """Write ``array`` in the format named by the suffix; the file appears atomically (temp + rename).
+
+    ``extratags`` (TIFF only): tags to write as they are, e.g. :func:`kept_tiff_tags` of the input."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         import tifffile
         buffer = _io.BytesIO()
-        tifffile.imwrite(buffer, array, photometric="rgb" if array.ndim >= 3 and array.shape[-1] in (3, 4) else None)
+        tifffile.imwrite(buffer, array, photometric="rgb" if array.ndim >= 3 and array.shape[-1] in (3, 4) else None,
+                         extratags=list(extratags))
         data = buffer.getvalue()
     elif suffix == ".png":
         import imagecodecs
@@ -85,8 +105,9 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def mapped_tiff_output(path: Path, like: np.ndarray):
+def mapped_tiff_output(path: Path, like: np.ndarray, extratags: list[tuple] = ()):
     """A memory-mapped, uncompressed TIFF shaped like ``like`` to write into; it appears at ``path`` on success.
+    ``extratags``: as for :func:`write_image`.
 
     Written under a temporary name and renamed, so a failure leaves no half-written file at ``path``.
     """
@@ -96,7 +117,8 @@ def mapped_tiff_output(path: Path, like: np.ndarray):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
     photometric = "rgb" if like.ndim >= 3 and like.shape[-1] in (3, 4) else "minisblack"
     try:
-        out = tifffile.memmap(tmp, shape=like.shape, dtype=like.dtype, photometric=photometric)
+        out = tifffile.memmap(tmp, shape=like.shape, dtype=like.dtype, photometric=photometric,
+                              extratags=list(extratags))
         yield out
         out.flush()
         del out

@@ -1,0 +1,124 @@
+"""Restoring files and folders: each image to a file of the same kind, the relative layout of a folder kept.
+
+What the CLI's ``apply`` and the Restore widget's folder mode share. A batch can be stopped and run again: an output
+that exists is skipped unless ``overwrite`` (outputs appear atomically, so one that exists is whole), a file that
+fails is named and the rest go on, and a stop between or inside files leaves no partial output.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_cdd_dehaze.io.image_files import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    kept_tiff_tags,
+    mapped_tiff_output,
+    read_image,
+    write_image,
+)
+
+from .engine import RestoreOptions, Restorer, restore_array
+from .windows import Cancelled
+
+
+@dataclass(frozen=True)
+class FileJob:
+    source: Path
+    target: Path
+
+
+@dataclass
+class BatchReport:
+    """What a batch did: files restored, skipped (their output existed) and failed (with the reason)."""
+
+    restored: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    stopped: bool = False
+
+    def summary(self) -> str:
+        text = f"{len(self.restored)} restored, {len(self.skipped)} skipped (done before), {len(self.failed)} failed"
+        return text + (" (stopped)" if self.stopped else "")
+
+
+def plan_jobs(inputs: Iterable[str | Path], out_dir: str | Path) -> list[FileJob]:
+    """One job per image: a file goes to ``out_dir`` under its own name; a folder's images (recursively, sorted)
+    go to the same relative paths under ``out_dir``. Files already under ``out_dir`` are never inputs."""
+    out_dir = Path(out_dir)
+    jobs = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not p.name.startswith(".") and not _inside(p, out_dir))
+            jobs += [FileJob(p, out_dir / p.relative_to(item)) for p in found]
+        else:
+            jobs.append(FileJob(item, out_dir / item.name))
+    return jobs
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def restore_file(restorer: Restorer, source: Path, target: Path, options: RestoreOptions | None = None) -> None:
+    """Restore one image file into ``target``: same shape, dtype and format, GeoTIFF tags kept; an uncompressed TIFF
+    is read and written window by window (memory-mapped), so it may be larger than memory."""
+    image = read_image(source, memory_map=True)
+    tags = kept_tiff_tags(source) if target.suffix.lower() in (".tif", ".tiff") else []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, np.memmap):
+        with mapped_tiff_output(target, image, extratags=tags) as out:
+            restore_array(restorer, image, options, out=out)
+    else:
+        write_image(target, restore_array(restorer, image, options), extratags=tags)
+
+
+def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreOptions | None = None,
+                  overwrite: bool = False, progress_for: Callable[[FileJob], Callable | None] | None = None,
+                  on_file: Callable[[int, int, FileJob, str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> BatchReport:
+    """Run ``jobs`` in order and say what happened to each.
+
+    ``progress_for(job)`` gives the band/tile progress callback of one file; ``on_file(done, total, job, status)``
+    is called after each file with status "restored", "skipped" or "failed: …"; ``should_stop()`` is asked
+    between files and inside them (a file stopped midway is not written).
+    """
+    options = options or RestoreOptions()
+    report, targets = BatchReport(), {}
+    for i, job in enumerate(jobs):
+        if should_stop is not None and should_stop():
+            report.stopped = True
+            break
+        status = "restored"
+        try:
+            if job.target in targets:
+                raise ValueError(f"same output as {targets[job.target]}: {job.target}")
+            targets[job.target] = job.source
+            if job.target.exists() and not overwrite:
+                report.skipped.append(job.source)
+                status = "skipped"
+            else:
+                progress = progress_for(job) if progress_for is not None else options.progress
+                restore_file(restorer, job.source, job.target,
+                             dataclasses.replace(options, progress=progress,
+                                                 should_stop=should_stop or options.should_stop))
+                report.restored.append(job.source)
+        except Cancelled:
+            report.stopped = True
+            break
+        except (ImageReadError, ValueError, OSError) as exc:
+            message = str(exc) if str(job.source) in str(exc) else f"{job.source}: {exc}"
+            report.failed.append((job.source, message))
+            status = f"failed: {message}"
+        if on_file is not None:
+            on_file(i + 1, len(jobs), job, status)
+    return report

@@ -1,0 +1,83 @@
+"""Folders in, folders out: relative layout, file types and GeoTIFF tags kept, bad files named, reruns resumable."""
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cdd_dehaze.cli import main
+from napari_cdd_dehaze.io.image_files import GEOTIFF_TAGS, read_image, write_image
+from napari_cdd_dehaze.models import load_model
+from napari_cdd_dehaze.restore.files import plan_jobs, restore_files
+
+# A GeoTIFF as GDAL writes one: pixel scale, tie point, GeoKeys for EPSG:32633, GDAL nodata and metadata.
+GEO_TAGS = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 5000000.0, 0.0), True),
+            (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True),
+            (42112, "s", 0, '<GDALMetadata><Item name="AREA_OR_POINT">Area</Item></GDALMetadata>', True),
+            (42113, "s", 0, "0", True)]
+
+
+def _hazy(rng, shape):
+    return ((0.4 * rng.random(shape) + 0.55) * 255).astype(np.uint8)
+
+
+def _tags(path):
+    with tifffile.TiffFile(path) as tif:
+        return {t.code: t.value for t in tif.pages[0].tags.values() if t.code in GEOTIFF_TAGS}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    write_image(src / "a.png", _hazy(rng, (40, 48, 3)))
+    write_image(src / "sub" / "b.jpg", _hazy(rng, (32, 32, 3)))
+    (src / "sub" / "deeper").mkdir()
+    tifffile.imwrite(src / "sub" / "deeper" / "scene.tif", _hazy(rng, (36, 44, 3)), photometric="rgb",
+                     extratags=GEO_TAGS)  # uncompressed: restored through a memory map
+    tifffile.imwrite(src / "packed.tif", (rng.random((30, 30)) * 4000).astype(np.uint16), compression="zlib",
+                     extratags=GEO_TAGS)
+    (src / "sub" / "broken.png").write_bytes(b"not a png")
+    (src / "notes.txt").write_text("not an image")
+    return src
+
+
+def test_a_folder_restores_with_its_layout_types_and_geotiff_tags_and_names_the_bad_file(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["apply", str(folder), "--out", str(out), "--method", "dcp"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 5 image(s) failed" in err
+    for name in ("a.png", "sub/b.jpg", "sub/deeper/scene.tif", "packed.tif"):
+        restored, original = read_image(out / name), read_image(folder / name)
+        assert restored.shape == original.shape and restored.dtype == original.dtype, name
+        assert not np.array_equal(restored, original), name  # dehazed
+    assert not (out / "sub" / "broken.png").exists() and not (out / "notes.txt").exists()
+    for name in ("sub/deeper/scene.tif", "packed.tif"):
+        assert _tags(out / name) == _tags(folder / name) and len(_tags(out / name)) == len(GEO_TAGS), name
+
+
+def test_a_rerun_skips_what_is_done_and_overwrite_redoes_it(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    main(["apply", str(folder), "--out", str(out), "--method", "dcp"])
+    (out / "a.png").unlink()  # as if the batch had stopped before this file
+    stamp = (out / "packed.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["apply", str(folder), "--out", str(out), "--method", "dcp"]) == 1  # the broken file still fails
+    assert "1 restored, 3 skipped" in capsys.readouterr().err and (out / "a.png").is_file()
+    assert (out / "packed.tif").stat().st_mtime_ns == stamp
+    main(["apply", str(folder), "--out", str(out), "--method", "dcp", "--overwrite"])
+    assert "4 restored, 0 skipped" in capsys.readouterr().err
+
+
+def test_a_stopped_batch_leaves_no_partial_output_and_an_output_folder_inside_is_not_read(folder, tmp_path):
+    out = folder / "restored"  # inside the input folder: its files are never taken as inputs
+    jobs = plan_jobs([folder], out)
+    assert not any("restored" in str(job.source) for job in jobs) and len(jobs) == 5
+    asked = []
+
+    def stop_in_the_second_file():
+        asked.append(1)
+        return len(asked) > 3
+    report = restore_files(load_model("dcp"), jobs, should_stop=stop_in_the_second_file)
+    assert report.stopped and len(report.restored) == 1
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == [jobs[0].target.name]  # nothing half-written beside the one finished file

@@ -237,3 +237,31 @@ def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtb
     restore.run_button.changed.emit(True)
     wait_idle(qtbot, restore)
     assert viewer.layers["rainy (restored)"].data.shape == layer.data.shape
+
+
+def test_a_folder_restores_into_an_output_folder_with_progress_over_files(make_napari_viewer, qtbot, model_file,
+                                                                          tmp_path, notifications):
+    from napari_cdd_dehaze.io.image_files import read_image, write_image
+    from napari_cdd_dehaze.widgets.restore_widget import FOLDER
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png", "sub/c.tif"):
+        write_image(tmp_path / "in" / name, rng.integers(0, 256, (40, 36, 3), dtype=np.uint8))
+    (tmp_path / "in" / "sub" / "broken.png").write_bytes(b"not a png")
+    viewer = make_napari_viewer()
+    widget = dock(viewer, "Restore")
+    widget.source.value = FOLDER
+    assert not widget.in_folder.native.isHidden() and widget.image.native.isHidden()
+    widget.in_folder.value, widget.out_folder.value = tmp_path / "in", tmp_path / "out"
+    widget.model.value = CHECKPOINT_FILE
+    widget.checkpoint.value = model_file
+    widget.run_button.changed.emit(True)
+    wait_idle(qtbot, widget)
+    for name in ("a.png", "sub/b.png", "sub/c.tif"):
+        assert read_image(tmp_path / "out" / name).shape == (40, 36, 3)
+    assert "3 restored, 0 skipped" in widget.status.value and "1 failed" in widget.status.value
+    assert any("broken.png" in str(n.message) for n in notifications)
+    assert widget.progress.max == 4 and len(viewer.layers) == 0  # files, not layers
+    widget.run_button.changed.emit(True)  # again: everything done is skipped
+    wait_idle(qtbot, widget)
+    assert "0 restored, 3 skipped" in widget.status.value

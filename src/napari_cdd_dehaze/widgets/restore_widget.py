@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
 from napari_cdd_dehaze.imaging.devices import available_devices
@@ -18,15 +18,23 @@ if TYPE_CHECKING:
     import napari
 
 CHECKPOINT_FILE = "checkpoint file…"
+LAYER, FOLDER = "image layer", "folder of files"
 
 
 class RestoreWidget(Container):
-    """Image layer + model (bundled default, classical, trained here, or a file) + device + tile → new layer."""
+    """Image layer + model (bundled default, classical, trained here, or a file) + device + tile → new layer; or a
+    folder of image files → restored files under an output folder (:mod:`napari_cdd_dehaze.restore.files`)."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
+        self.source = ComboBox(label="restore", choices=[LAYER, FOLDER], value=LAYER)
         self.image = ComboBox(label="image", choices=lambda _: image_layer_choices(self.viewer))
+        self.in_folder = FileEdit(label="folder", mode="d", visible=False,
+                                  tooltip="images in it and its subfolders (PNG, JPEG, TIFF)")
+        self.out_folder = FileEdit(label="output folder", mode="d", visible=False,
+                                   tooltip="restored files go here under the same relative paths and names")
+        self.overwrite = CheckBox(text="restore again files whose output exists", value=False, visible=False)
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
@@ -38,8 +46,9 @@ class RestoreWidget(Container):
         self.run_button = PushButton(text="Restore")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
-        self.extend([self.image, self.model, self.checkpoint, self.device, self.tile, self.run_button,
-                     self.progress, self.status])
+        self.extend([self.source, self.image, self.in_folder, self.out_folder, self.overwrite, self.model,
+                     self.checkpoint, self.device, self.tile, self.run_button, self.progress, self.status])
+        self.source.changed.connect(self._show_source)
 
         self.model.changed.connect(lambda: setattr(self.checkpoint, "visible", self.model.value == CHECKPOINT_FILE))
         self.model.changed.connect(self._describe_model)
@@ -66,6 +75,12 @@ class RestoreWidget(Container):
         choices += [(run_label(run), str(run)) for run in reversed(TRAINED_MODELS.runs())]
         return choices + [(CHECKPOINT_FILE, CHECKPOINT_FILE)]
 
+    def _show_source(self, _value=None) -> None:
+        folder = self.source.value == FOLDER
+        self.image.visible = not folder
+        for widget in (self.in_folder, self.out_folder, self.overwrite):
+            widget.visible = folder
+
     def _describe_model(self, _value=None) -> None:
         """The chosen model's network, inference policy and provenance as the model box's tooltip."""
         from napari_cdd_dehaze.models import describe_model
@@ -88,10 +103,6 @@ class RestoreWidget(Container):
             self._cancel = True
             self.status.value = "cancelling after this tile or band…"
             return
-        layer = self.image.value
-        if layer is None:
-            notify_error("Choose an image layer to restore (open an image or load a sample first).")
-            return
         spec = self.model.value
         if spec == CHECKPOINT_FILE:
             path = Path(self.checkpoint.value)
@@ -99,7 +110,49 @@ class RestoreWidget(Container):
                 notify_error("Choose a model file (.safetensors) to restore with.")
                 return
             spec = str(path)
+        if self.source.value == FOLDER:
+            self._start_folder(spec)
+            return
+        layer = self.image.value
+        if layer is None:
+            notify_error("Choose an image layer to restore (open an image or load a sample first).")
+            return
         self._start(layer, spec)
+
+    def _start_folder(self, spec: str) -> None:
+        from napari_cdd_dehaze.restore.engine import RestoreOptions
+        from napari_cdd_dehaze.restore.files import plan_jobs, restore_files
+
+        source, out = Path(self.in_folder.value), Path(self.out_folder.value)
+        if not source.is_dir() or str(self.out_folder.value) in ("", "."):
+            notify_error("Choose a folder of images and an output folder.")
+            return
+        jobs = plan_jobs([source], out)
+        if not jobs:
+            notify_error(f"No PNG, JPEG or TIFF files in {source}.")
+            return
+        options = RestoreOptions(device=self.device.value, tile=self.tile.value or None)
+
+        def restore():
+            from napari_cdd_dehaze.models import load_model
+
+            return restore_files(load_model(spec), jobs, options, overwrite=self.overwrite.value,
+                                 on_file=lambda done, total, job, status: self._record_progress(done, total),
+                                 should_stop=lambda: self._cancel)
+
+        self._cancel, self._done = False, (0, len(jobs))
+        self.worker = make_worker(restore, error_prefix=f"Restoring {source} failed")
+        self.worker.returned.connect(lambda report: self._finished_folder(out, report))
+        self._begin(f"restoring {len(jobs)} file(s) from {source}…")
+
+    def _finished_folder(self, out: Path, report) -> None:
+        self._show_progress()
+        self.status.value = f"{out}: {report.summary()}"
+        if report.failed:
+            names = ", ".join(path.name for path, _ in report.failed[:5])
+            more = f" and {len(report.failed) - 5} more" if len(report.failed) > 5 else ""
+            notify_error(f"{len(report.failed)} file(s) could not be restored: {names}{more}. "
+                         + report.failed[0][1])
 
     def _start(self, layer, spec: str) -> None:
         from napari_cdd_dehaze.restore.engine import RestoreOptions
@@ -124,10 +177,13 @@ class RestoreWidget(Container):
         self._cancel, self._done = False, (0, 1)
         self.worker = make_worker(restore, error_prefix=f"Restoring {layer.name} failed")
         self.worker.returned.connect(lambda result: self._finished(layer, result))
+        self._begin(f"restoring {layer.name}…")
+
+    def _begin(self, status: str) -> None:
         self.worker.finished.connect(self._idle)
         self.run_button.text = "Cancel"
         self.progress.visible, self.progress.value = True, 0
-        self.status.value = f"restoring {layer.name}…"
+        self.status.value = status
         self._timer.start()
         self.worker.start()
 

@@ -81,3 +81,37 @@ def test_a_stopped_batch_leaves_no_partial_output_and_an_output_folder_inside_is
     assert report.stopped and len(report.restored) == 1
     written = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert written == [jobs[0].target.name]  # nothing half-written beside the one finished file
+
+
+def test_chosen_bands_are_restored_together_and_the_others_copied():
+    """A blue/green/red/NIR scene: the model sees red, green, blue (bands 2, 1, 0) as RGB; NIR stays bit-identical."""
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(1)
+    scene = (rng.random((40, 44, 4)) * 3000 + 1000).astype(np.uint16)
+    dcp = load_model("dcp")
+    out = restore_array(dcp, scene, bands=(2, 1, 0))
+    assert np.array_equal(out[..., 3], scene[..., 3])
+    rgb = restore_array(dcp, scene[..., [2, 1, 0]], channel_axis=-1)
+    assert np.array_equal(out[..., [2, 1, 0]], rgb)  # as if the three were an RGB image of their own
+    first = restore_array(dcp, np.moveaxis(scene, -1, 0), channel_axis=0, bands=(2, 1, 0))  # channel-first
+    assert np.array_equal(np.moveaxis(first, 0, -1), out)
+    with pytest.raises(ValueError, match="bands must be 3 different bands"):
+        restore_array(dcp, scene, bands=(0, 1))
+
+
+def test_apply_with_bands_on_a_channel_first_geotiff(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    scene = (rng.random((6, 40, 48)) * 0.4 * 65535 + 0.5 * 65535).astype(np.uint16)  # six bands, (C, Y, X)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "scene.tif", scene, photometric="minisblack", planarconfig="separate",
+                     extratags=GEO_TAGS)
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp",
+                 "--bands", "4,3,2"]) == 0
+    out = read_image(tmp_path / "out" / "scene.tif")
+    assert out.shape == scene.shape and out.dtype == scene.dtype
+    assert all(np.array_equal(out[b], scene[b]) for b in (0, 4, 5))  # not chosen: unchanged, in their order
+    assert all(not np.array_equal(out[b], scene[b]) for b in (1, 2, 3))
+    assert _tags(tmp_path / "out" / "scene.tif") == _tags(tmp_path / "in" / "scene.tif")
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--method", "dcp",
+                 "--bands", "0,1,2"]) == 2 and "counted from 1" in capsys.readouterr().err

@@ -265,3 +265,23 @@ def test_a_folder_restores_into_an_output_folder_with_progress_over_files(make_n
     widget.run_button.changed.emit(True)  # again: everything done is skipped
     wait_idle(qtbot, widget)
     assert "0 restored, 3 skipped" in widget.status.value
+
+
+def test_a_multiband_layer_gets_a_band_picker_and_its_other_bands_stay(make_napari_viewer, qtbot):
+    rng = np.random.default_rng(3)
+    scene = (rng.random((6, 40, 48)) * 0.4 * 65535 + 0.5 * 65535).astype(np.uint16)
+    viewer = make_napari_viewer()
+    rgb = viewer.add_image(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), name="photo", rgb=True)
+    layer = viewer.add_image(scene, name="scene")
+    widget = dock(viewer, "Restore")
+    widget.image.value = rgb
+    assert widget.bands.native.isHidden()  # shown only where it applies
+    widget.image.value = layer
+    assert not widget.bands.native.isHidden()
+    widget.model.value, widget.bands.value = "dcp", "4,3,2"
+    widget.run_button.changed.emit(True)
+    wait_idle(qtbot, widget)
+    out = viewer.layers["scene (restored)"].data
+    assert out.shape == scene.shape and out.dtype == scene.dtype
+    assert all(np.array_equal(out[b], scene[b]) for b in (0, 4, 5))
+    assert all(not np.array_equal(out[b], scene[b]) for b in (1, 2, 3))

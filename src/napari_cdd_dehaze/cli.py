@@ -63,7 +63,7 @@ def _apply(args: argparse.Namespace) -> int:
     from .models import load_model
     from .restore.classical import ClassicalDehazer
     from .restore.engine import RestoreOptions, with_airlight_floor
-    from .restore.files import plan_jobs, restore_files
+    from .restore.files import parse_bands, plan_jobs, restore_files
 
     if args.model and args.method:
         raise ValueError("give --model or --method, not both (--method X is the same as --model X)")
@@ -94,8 +94,9 @@ def _apply(args: argparse.Namespace) -> int:
         shown = f"→ {job.target}" if status == "restored" else status.replace(f"{job.source}: ", "")
         print(f"[{done}/{total}] {job.source} {shown}", file=sys.stderr)
 
+    bands = parse_bands(args.bands)
     report = restore_files(restorer, jobs, options, overwrite=args.overwrite, progress_for=progress_for,
-                           on_file=on_file)
+                           on_file=on_file, bands=bands)
     print(report.summary(), file=sys.stderr)
     for _, message in report.failed:
         print(f"error: {message}", file=sys.stderr)
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--out", required=True, help="folder for the restored images: same names, relative layout, "
                                                     "shapes, dtypes and GeoTIFF tags; outputs that exist are skipped")
     apply.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
+    apply.add_argument("--bands", metavar="R,G,B", help="for multiband images: the bands the model sees, counted from "
+                                                        "1 (e.g. 4,3,2); the other bands are copied unchanged")
     apply.add_argument("--model", help="run folder, checkpoint folder or .safetensors file, or a built-in name: "
                                         + ", ".join(BUILTIN_MODELS))
     apply.add_argument("--method", help="same as --model, for the built-in methods (e.g. --method dcp)")

@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,17 +94,27 @@ Restorer = ResnetGenerator | ClassicalDehazer
 
 
 def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions | None = None,
-                  channel_axis: int | None | str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+                  channel_axis: int | None | str = "auto", out: np.ndarray | None = None,
+                  bands: Sequence[int] | None = None) -> np.ndarray:
     """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
 
-    ``out`` (e.g. a memory-mapped file) receives the result when given.
+    ``out`` (e.g. a memory-mapped file) receives the result when given. ``bands`` (indices along the channel
+    axis, as many as the model takes, e.g. ``(3, 2, 1)`` for the red, green and blue of a blue/green/red/NIR
+    scene): the model sees those bands in that order, and every other band is copied unchanged.
     """
     options = options or RestoreOptions()
     if array.ndim < 2:
         raise ValueError(f"expected an image, got an array of shape {array.shape}")
+    if bands is not None and channel_axis in (None, "auto"):
+        channel_axis = -1  # bands name channels: the last axis holds them unless said otherwise
     if channel_axis not in (None, "auto", -1, array.ndim - 1):
-        moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1)
+        moved_out = None if out is None else np.moveaxis(out, channel_axis, -1)
+        moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1,
+                              out=moved_out, bands=bands)
         return np.moveaxis(moved, -1, channel_axis)
+    if bands is not None:
+        bands = _checked_bands(bands, array.shape[-1], getattr(restorer, "channels", None)
+                               or restorer.config.channels)
     imap = IntensityMap.for_array(array)
     out = np.empty_like(array) if out is None else out
     planes = list(np.ndindex(array.shape[:array.ndim - plane_ndim(array.shape, channel_axis)]))
@@ -112,7 +122,7 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
         for i, index in enumerate(planes):
             if options.should_stop is not None and options.should_stop():
                 raise Cancelled("restoration cancelled")
-            restore_plane_whole(restorer, array[index], imap, out[index], alpha=channel_axis == "auto")
+            restore_plane_whole(restorer, array[index], imap, out[index], alpha=channel_axis == "auto", bands=bands)
             if options.progress:
                 options.progress(i + 1, len(planes))
         return out
@@ -120,8 +130,16 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     for i, index in enumerate(planes):
         step = (lambda done, total, i=i: options.progress(i * total + done, len(planes) * total)) \
             if options.progress else None
-        restore_plane(runner, array[index], imap, out[index], step, alpha=channel_axis == "auto")
+        restore_plane(runner, array[index], imap, out[index], step, alpha=channel_axis == "auto", bands=bands)
     return out
+
+
+def _checked_bands(bands: Sequence[int], count: int, channels: int) -> list[int]:
+    bands = [int(b) for b in bands]
+    if len(bands) != channels or len(set(bands)) != len(bands) or not all(0 <= b < count for b in bands):
+        raise ValueError(f"bands must be {channels} different bands among the image's {count} "
+                         f"(0 to {count - 1}), got {bands}")
+    return bands
 
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -176,28 +194,35 @@ def stream_device_bytes(device: torch.device, requested: int | None) -> int:
 
 
 def restore_plane(runner: Dispatcher, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
-                  progress: Callable[[int, int], None] | None = None, alpha: bool = True) -> None:
+                  progress: Callable[[int, int], None] | None = None, alpha: bool = True,
+                  bands: list[int] | None = None) -> None:
     """Restore one (H, W) or (H, W, C) plane into ``out`` (same shape and dtype).
 
-    With ``alpha``, the last of 2 or 4 channels is alpha and is copied, not restored.
+    With ``alpha``, the last of 2 or 4 channels is alpha and is copied, not restored; with ``bands``, those are
+    restored together and the others copied.
     """
     channels = runner.generator.config.channels
-    colour, sink, jobs = _channel_jobs(plane, out, channels, alpha)
+    colour, sink, jobs = _channel_jobs(plane, out, channels, alpha, bands)
     for j, job in enumerate(jobs):
         step = (lambda done, total, j=j: progress(j * total + done, len(jobs) * total)) if progress else None
         _run_channels(runner, colour, sink, job, imap, channels, step)
 
 
-def _channel_jobs(plane: np.ndarray, out: np.ndarray, channels: int,
-                  alpha: bool) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """(H, W, C) views of ``plane`` and ``out`` and the channel groups to restore; alpha is copied here.
+def _channel_jobs(plane: np.ndarray, out: np.ndarray, channels: int, alpha: bool,
+                  bands: list[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """(H, W, C) views of ``plane`` and ``out`` and the channel groups to restore; what is not restored (alpha,
+    the bands not chosen) is copied here.
 
-    All colour channels form one group when there are as many as the model takes; otherwise each is restored
-    alone as grey.
+    ``bands`` form the one group when given; otherwise all colour channels form one group when there are as
+    many as the model takes, or each is restored alone as grey.
     """
     colour = plane[..., None] if plane.ndim == 2 else plane
     sink = out[..., None] if out.ndim == 2 else out
     n = colour.shape[-1]
+    if bands is not None:
+        for c in set(range(n)) - set(bands):
+            sink[..., c] = colour[..., c]
+        return colour, sink, [bands]
     if alpha and n in (2, 4):  # grey+alpha or RGBA: alpha passes through
         sink[..., -1] = colour[..., -1]
         n -= 1
@@ -205,9 +230,9 @@ def _channel_jobs(plane: np.ndarray, out: np.ndarray, channels: int,
 
 
 def restore_plane_whole(dehazer: ClassicalDehazer, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
-                        alpha: bool = True) -> None:
+                        alpha: bool = True, bands: list[int] | None = None) -> None:
     """Restore one (H, W) or (H, W, C) plane with a classical dehazer, whole, into ``out``."""
-    colour, sink, jobs = _channel_jobs(plane, out, dehazer.channels, alpha)
+    colour, sink, jobs = _channel_jobs(plane, out, dehazer.channels, alpha, bands)
     for job in jobs:
         sink[..., job] = imap.from_unit(dehazer(imap.to_unit(colour[..., job])))
 

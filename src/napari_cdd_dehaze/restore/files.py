@@ -69,23 +69,48 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def restore_file(restorer: Restorer, source: Path, target: Path, options: RestoreOptions | None = None) -> None:
+def parse_bands(text: str | None) -> list[int] | None:
+    """Band numbers as users write them, from 1 as GDAL counts (``"4,3,2"``), → 0-based indices ([3, 2, 1])."""
+    if not text or not text.strip():
+        return None
+    try:
+        bands = [int(b) - 1 for b in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise ValueError(f"bands are numbers from 1, comma-separated (e.g. 4,3,2), got {text!r}") from None
+    if min(bands) < 0:
+        raise ValueError(f"bands are counted from 1, got {text!r}")
+    return bands
+
+
+def band_axis(shape: tuple[int, ...], bands: Sequence[int]) -> int:
+    """The axis of a (C, Y, X) or (Y, X, C) image that holds ``bands``: the last when it is long enough for them and
+    no longer than the first, else the first (a scene's bands are fewer than its rows)."""
+    needed = max(bands) + 1
+    if len(shape) != 3 or max(shape[0], shape[-1]) < needed:
+        raise ValueError(f"bands {[b + 1 for b in bands]} need an image with that many bands, got shape {shape}")
+    return -1 if needed <= shape[-1] <= shape[0] or shape[0] < needed else 0
+
+
+def restore_file(restorer: Restorer, source: Path, target: Path, options: RestoreOptions | None = None,
+                 bands: Sequence[int] | None = None) -> None:
     """Restore one image file into ``target``: same shape, dtype and format, GeoTIFF tags kept; an uncompressed TIFF
-    is read and written window by window (memory-mapped), so it may be larger than memory."""
+    is read and written window by window (memory-mapped), so it may be larger than memory. ``bands`` (0-based):
+    the bands the model sees, in that order; the others are copied."""
     image = read_image(source, memory_map=True)
     tags = kept_tiff_tags(source) if target.suffix.lower() in (".tif", ".tiff") else []
+    layout = {} if bands is None else {"bands": bands, "channel_axis": band_axis(image.shape, bands)}
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):
         with mapped_tiff_output(target, image, extratags=tags) as out:
-            restore_array(restorer, image, options, out=out)
+            restore_array(restorer, image, options, out=out, **layout)
     else:
-        write_image(target, restore_array(restorer, image, options), extratags=tags)
+        write_image(target, restore_array(restorer, image, options, **layout), extratags=tags)
 
 
 def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreOptions | None = None,
                   overwrite: bool = False, progress_for: Callable[[FileJob], Callable | None] | None = None,
                   on_file: Callable[[int, int, FileJob, str], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> BatchReport:
+                  should_stop: Callable[[], bool] | None = None, bands: Sequence[int] | None = None) -> BatchReport:
     """Run ``jobs`` in order and say what happened to each.
 
     ``progress_for(job)`` gives the band/tile progress callback of one file; ``on_file(done, total, job, status)``
@@ -110,7 +135,7 @@ def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreO
                 progress = progress_for(job) if progress_for is not None else options.progress
                 restore_file(restorer, job.source, job.target,
                              dataclasses.replace(options, progress=progress,
-                                                 should_stop=should_stop or options.should_stop))
+                                                 should_stop=should_stop or options.should_stop), bands)
                 report.restored.append(job.source)
         except Cancelled:
             report.stopped = True

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox
 from qtpy.QtCore import QTimer
 
 from napari_cdd_dehaze.imaging.devices import available_devices
@@ -19,6 +19,14 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "checkpoint file…"
 LAYER, FOLDER = "image layer", "folder of files"
+
+
+def multiband(layer) -> bool:
+    """Whether a layer is a multiband scene (bands first, more than three of them): the band picker applies."""
+    if layer is None or layer.rgb:
+        return False
+    shape = (layer.data[0] if layer.multiscale else layer.data).shape
+    return len(shape) == 3 and 3 < shape[0] <= 64 and shape[0] < min(shape[1:])
 
 
 class RestoreWidget(Container):
@@ -35,6 +43,10 @@ class RestoreWidget(Container):
         self.out_folder = FileEdit(label="output folder", mode="d", visible=False,
                                    tooltip="restored files go here under the same relative paths and names")
         self.overwrite = CheckBox(text="restore again files whose output exists", value=False, visible=False)
+        self.bands = LineEdit(label="bands", value="", visible=False,
+                              tooltip="a multiband layer (bands first, e.g. 6 × Y × X): the bands the model sees as "
+                                      "red, green, blue, counted from 1 (e.g. 4,3,2); the others are copied "
+                                      "unchanged. Empty: every band restored alone as grey.")
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
@@ -46,9 +58,10 @@ class RestoreWidget(Container):
         self.run_button = PushButton(text="Restore")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
-        self.extend([self.source, self.image, self.in_folder, self.out_folder, self.overwrite, self.model,
+        self.extend([self.source, self.image, self.bands, self.in_folder, self.out_folder, self.overwrite, self.model,
                      self.checkpoint, self.device, self.tile, self.run_button, self.progress, self.status])
         self.source.changed.connect(self._show_source)
+        self.image.changed.connect(self._show_source)
 
         self.model.changed.connect(lambda: setattr(self.checkpoint, "visible", self.model.value == CHECKPOINT_FILE))
         self.model.changed.connect(self._describe_model)
@@ -65,6 +78,7 @@ class RestoreWidget(Container):
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._show_progress)
         self._describe_model()
+        self._show_source()
 
     # ------------------------------------------------------------------ choices
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
@@ -80,6 +94,7 @@ class RestoreWidget(Container):
         self.image.visible = not folder
         for widget in (self.in_folder, self.out_folder, self.overwrite):
             widget.visible = folder
+        self.bands.visible = not folder and multiband(self.image.value)
 
     def _describe_model(self, _value=None) -> None:
         """The chosen model's network, inference policy and provenance as the model box's tooltip."""
@@ -156,10 +171,18 @@ class RestoreWidget(Container):
 
     def _start(self, layer, spec: str) -> None:
         from napari_cdd_dehaze.restore.engine import RestoreOptions
+        from napari_cdd_dehaze.restore.files import parse_bands
         from napari_cdd_dehaze.restore.windows import Cancelled
 
         data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
         channel_axis = -1 if layer.rgb else None  # napari's rgb flag says whether the last axis is colour
+        try:
+            bands = parse_bands(self.bands.value) if multiband(layer) else None
+        except ValueError as exc:
+            notify_error(str(exc))
+            return
+        if bands is not None:
+            channel_axis = 0  # a multiband layer holds its bands first
         options = RestoreOptions(device=self.device.value, tile=self.tile.value or None,
                                  progress=self._record_progress, should_stop=lambda: self._cancel)
 
@@ -170,7 +193,8 @@ class RestoreWidget(Container):
             model = load_model(spec)
             started = time.perf_counter()
             try:
-                return restore_array(model, data, options, channel_axis=channel_axis), time.perf_counter() - started
+                restored = restore_array(model, data, options, channel_axis=channel_axis, bands=bands)
+                return restored, time.perf_counter() - started
             except Cancelled:
                 return None
 

@@ -115,3 +115,54 @@ def test_apply_with_bands_on_a_channel_first_geotiff(tmp_path, capsys):
     assert _tags(tmp_path / "out" / "scene.tif") == _tags(tmp_path / "in" / "scene.tif")
     assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--method", "dcp",
                  "--bands", "0,1,2"]) == 2 and "counted from 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, nodata, dtype", [("default", 0, np.uint16), ("dcp", 0, np.uint16),
+                                                  ("default", float("nan"), np.float32)],
+                         ids=["bundled model, 0", "dcp, 0", "bundled model, NaN"])
+def test_a_nodata_frame_does_not_change_the_restored_scene(model, nodata, dtype):
+    """The same scene with and without a 200-pixel nodata frame: the same valid pixels (within 1/255), and the frame
+    is still nodata."""
+    from skimage import data
+
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    photo = data.astronaut()[100:260:2, 120:320:2] / 255.0
+    scene = (0.55 * photo + 0.4) * (65535 if dtype == np.uint16 else 3.0)  # hazy; floats beyond [0, 1]
+    scene = scene.astype(dtype)
+    framed = np.pad(scene, ((200, 200), (200, 200), (0, 0)), constant_values=nodata)
+    restorer = load_model(model)
+    alone = restore_array(restorer, scene, nodata=nodata)
+    in_frame = restore_array(restorer, framed, nodata=nodata)
+    scale = 65535 if dtype == np.uint16 else 3.0
+    core = in_frame[200:-200, 200:-200].astype(np.float64)
+    assert np.abs(core - alone).max() <= scale / 255
+    assert np.abs(alone.astype(np.float64) - scene).mean() > scale * 0.01  # it did restore
+    frame = np.ones(framed.shape[:2], bool)
+    frame[200:-200, 200:-200] = False
+    assert np.array_equal(in_frame[frame], framed[frame], equal_nan=True)
+
+
+def test_nodata_holes_inside_the_scene_stay_nodata_and_the_rest_is_restored():
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(4)
+    scene = ((0.4 * rng.random((60, 70, 3)) + 0.55) * 255).astype(np.uint8)
+    scene[10:20, 15:30] = 0  # an irregular footprint: a hole of nodata inside the data
+    out = restore_array(load_model("dcp"), scene, nodata=0)
+    assert (out[10:20, 15:30] == 0).all() and np.abs(out.astype(int) - scene).mean() > 2
+
+
+def test_apply_leaves_the_declared_nodata_of_a_geotiff_out(tmp_path):
+    """GDAL_NODATA 0 declared in the file (GEO_TAGS): the frame stays 0 and the scene is restored as alone."""
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(5)
+    scene = ((0.4 * rng.random((50, 60, 3)) + 0.55) * 65535).astype(np.uint16)
+    framed = np.pad(scene, ((30, 30), (40, 40), (0, 0)))
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "framed.tif", framed, photometric="rgb", extratags=GEO_TAGS)
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    out = read_image(tmp_path / "out" / "framed.tif")
+    assert (out[:30] == 0).all() and (out[:, :40] == 0).all()
+    assert np.array_equal(out[30:-30, 40:-40], restore_array(load_model("dcp"), scene))

@@ -96,7 +96,7 @@ def _apply(args: argparse.Namespace) -> int:
 
     bands = parse_bands(args.bands)
     report = restore_files(restorer, jobs, options, overwrite=args.overwrite, progress_for=progress_for,
-                           on_file=on_file, bands=bands)
+                           on_file=on_file, bands=bands, nodata=args.nodata)
     print(report.summary(), file=sys.stderr)
     for _, message in report.failed:
         print(f"error: {message}", file=sys.stderr)
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--out", required=True, help="folder for the restored images: same names, relative layout, "
                                                     "shapes, dtypes and GeoTIFF tags; outputs that exist are skipped")
     apply.add_argument("--overwrite", action="store_true", help="restore again images whose output exists")
+    apply.add_argument("--nodata", type=float, help="value of pixels without data (NaN allowed): left out of the "
+                                                    "restoration, written back as they were (default: the value a "
+                                                    "GeoTIFF declares; none otherwise)")
     apply.add_argument("--bands", metavar="R,G,B", help="for multiband images: the bands the model sees, counted from "
                                                         "1 (e.g. 4,3,2); the other bands are copied unchanged")
     apply.add_argument("--model", help="run folder, checkpoint folder or .safetensors file, or a built-in name: "

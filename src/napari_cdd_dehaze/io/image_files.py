@@ -77,6 +77,17 @@ def kept_tiff_tags(path: str | os.PathLike) -> list[tuple]:
         return [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in tags.values() if tag.code in GEOTIFF_TAGS]
 
 
+def file_nodata(path: str | os.PathLike) -> float | None:
+    """The nodata value a GeoTIFF declares (GDAL's tag 42113: a number, or "nan"), or None."""
+    for code, _, _, value, _ in kept_tiff_tags(path):
+        if code == 42113:
+            try:
+                return float(str(value).strip().strip("\x00"))
+            except ValueError:
+                return None
+    return None
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tuple] = ()) -> None:
     """Write ``array`` in the format named by the suffix; the file appears atomically (temp + rename).
 
@@ -156,22 +167,32 @@ class IntensityMap:
     high: float
 
     @classmethod
-    def for_array(cls, array: np.ndarray, percentiles: tuple[float, float] = (0.1, 99.9)) -> "IntensityMap":
+    def for_array(cls, array: np.ndarray, percentiles: tuple[float, float] = (0.1, 99.9),
+                  nodata: float | None = None) -> "IntensityMap":
+        """The map for ``array``; values equal to ``nodata`` (NaN: NaNs) are left out of a float image's range."""
         dtype = np.dtype(array.dtype)
         if dtype == np.bool_:
             return cls(dtype, 0.0, 1.0)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
             return cls(dtype, float(max(info.min, 0)), float(info.max))
+        def data(values: np.ndarray) -> np.ndarray:
+            if nodata is None:
+                return values.reshape(-1)
+            return values[~np.isnan(values)] if np.isnan(nodata) else values[values != nodata]
+
         lo, hi = np.inf, -np.inf
         for chunk in _chunks(array):  # bounded memory for memory-mapped images
+            chunk = data(np.asarray(chunk))
             if not np.all(np.isfinite(chunk)):
-                raise ValueError("image contains NaN or infinite values; replace them before restoring")
-            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-        if lo >= 0.0 and hi <= 1.0:
+                raise ValueError("image contains NaN or infinite values; replace them before restoring "
+                                 "(or give them as nodata)")
+            if chunk.size:
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+        if lo >= 0.0 and hi <= 1.0 or lo > hi:
             return cls(dtype, 0.0, 1.0)
         flat = array.reshape(-1)
-        sample = flat[:: max(1, flat.size // (1 << 22))]  # ≤ ~4 M values estimate the percentiles
+        sample = data(flat[:: max(1, flat.size // (1 << 22))])  # ≤ ~4 M values estimate the percentiles
         lo, hi = (float(v) for v in np.percentile(sample, percentiles))
         if hi <= lo:
             hi = lo + 1.0

@@ -37,6 +37,7 @@ from napari_cdd_dehaze.io.image_files import IntensityMap
 
 from .classical import ClassicalDehazer
 from .dispatch import Dispatcher
+from .nodata import restore_valid, valid_mask
 from .windows import Cancelled
 
 
@@ -95,12 +96,14 @@ Restorer = ResnetGenerator | ClassicalDehazer
 
 def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions | None = None,
                   channel_axis: int | None | str = "auto", out: np.ndarray | None = None,
-                  bands: Sequence[int] | None = None) -> np.ndarray:
+                  bands: Sequence[int] | None = None, nodata: float | None = None) -> np.ndarray:
     """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
 
     ``out`` (e.g. a memory-mapped file) receives the result when given. ``bands`` (indices along the channel
     axis, as many as the model takes, e.g. ``(3, 2, 1)`` for the red, green and blue of a blue/green/red/NIR
-    scene): the model sees those bands in that order, and every other band is copied unchanged.
+    scene): the model sees those bands in that order, and every other band is copied unchanged. ``nodata`` (a
+    value, or NaN): pixels with that value in every channel take no part and are written back as they were
+    (:mod:`~napari_cdd_dehaze.restore.nodata`).
     """
     options = options or RestoreOptions()
     if array.ndim < 2:
@@ -110,19 +113,27 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     if channel_axis not in (None, "auto", -1, array.ndim - 1):
         moved_out = None if out is None else np.moveaxis(out, channel_axis, -1)
         moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1,
-                              out=moved_out, bands=bands)
+                              out=moved_out, bands=bands, nodata=nodata)
         return np.moveaxis(moved, -1, channel_axis)
     if bands is not None:
         bands = _checked_bands(bands, array.shape[-1], getattr(restorer, "channels", None)
                                or restorer.config.channels)
-    imap = IntensityMap.for_array(array)
+    imap = IntensityMap.for_array(array, nodata=nodata)
     out = np.empty_like(array) if out is None else out
-    planes = list(np.ndindex(array.shape[:array.ndim - plane_ndim(array.shape, channel_axis)]))
+    dims = plane_ndim(array.shape, channel_axis)
+    planes = list(np.ndindex(array.shape[:array.ndim - dims]))
+
+    def each_plane(index, restore: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        if nodata is None:
+            return restore(array[index], out[index])
+        restore_valid(array[index], out[index], valid_mask(array[index], nodata, dims == 3), restore)
+
+    alpha = channel_axis == "auto"
     if isinstance(restorer, ClassicalDehazer):
         for i, index in enumerate(planes):
             if options.should_stop is not None and options.should_stop():
                 raise Cancelled("restoration cancelled")
-            restore_plane_whole(restorer, array[index], imap, out[index], alpha=channel_axis == "auto", bands=bands)
+            each_plane(index, lambda source, sink: restore_plane_whole(restorer, source, imap, sink, alpha, bands))
             if options.progress:
                 options.progress(i + 1, len(planes))
         return out
@@ -130,7 +141,8 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     for i, index in enumerate(planes):
         step = (lambda done, total, i=i: options.progress(i * total + done, len(planes) * total)) \
             if options.progress else None
-        restore_plane(runner, array[index], imap, out[index], step, alpha=channel_axis == "auto", bands=bands)
+        each_plane(index, lambda source, sink, step=step: restore_plane(runner, source, imap, sink, step, alpha,
+                                                                         bands))
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from napari_cdd_dehaze.io.image_files import (
     IMAGE_SUFFIXES,
     ImageReadError,
+    file_nodata,
     kept_tiff_tags,
     mapped_tiff_output,
     read_image,
@@ -92,13 +93,15 @@ def band_axis(shape: tuple[int, ...], bands: Sequence[int]) -> int:
 
 
 def restore_file(restorer: Restorer, source: Path, target: Path, options: RestoreOptions | None = None,
-                 bands: Sequence[int] | None = None) -> None:
+                 bands: Sequence[int] | None = None, nodata: float | None = None) -> None:
     """Restore one image file into ``target``: same shape, dtype and format, GeoTIFF tags kept; an uncompressed TIFF
     is read and written window by window (memory-mapped), so it may be larger than memory. ``bands`` (0-based):
-    the bands the model sees, in that order; the others are copied."""
+    the bands the model sees, in that order; the others are copied. ``nodata`` (default: the value the file
+    declares): pixels without data, left out and written back as they were."""
     image = read_image(source, memory_map=True)
     tags = kept_tiff_tags(source) if target.suffix.lower() in (".tif", ".tiff") else []
     layout = {} if bands is None else {"bands": bands, "channel_axis": band_axis(image.shape, bands)}
+    layout["nodata"] = file_nodata(source) if nodata is None else nodata
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):
         with mapped_tiff_output(target, image, extratags=tags) as out:
@@ -110,7 +113,8 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
 def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreOptions | None = None,
                   overwrite: bool = False, progress_for: Callable[[FileJob], Callable | None] | None = None,
                   on_file: Callable[[int, int, FileJob, str], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, bands: Sequence[int] | None = None) -> BatchReport:
+                  should_stop: Callable[[], bool] | None = None, bands: Sequence[int] | None = None,
+                  nodata: float | None = None) -> BatchReport:
     """Run ``jobs`` in order and say what happened to each.
 
     ``progress_for(job)`` gives the band/tile progress callback of one file; ``on_file(done, total, job, status)``
@@ -135,7 +139,7 @@ def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreO
                 progress = progress_for(job) if progress_for is not None else options.progress
                 restore_file(restorer, job.source, job.target,
                              dataclasses.replace(options, progress=progress,
-                                                 should_stop=should_stop or options.should_stop), bands)
+                                                 should_stop=should_stop or options.should_stop), bands, nodata)
                 report.restored.append(job.source)
         except Cancelled:
             report.stopped = True

@@ -166,3 +166,21 @@ def test_apply_leaves_the_declared_nodata_of_a_geotiff_out(tmp_path):
     out = read_image(tmp_path / "out" / "framed.tif")
     assert (out[:30] == 0).all() and (out[:, :40] == 0).all()
     assert np.array_equal(out[30:-30, 40:-40], restore_array(load_model("dcp"), scene))
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"], ids=["memory-mapped", "compressed"])
+def test_an_ome_tiff_keeps_its_axes_physical_sizes_and_channel_name(tmp_path, compression):
+    rng = np.random.default_rng(6)
+    volume = ((0.4 * rng.random((3, 40, 50)) + 0.5) * 4000).astype(np.uint16)  # Z, Y, X
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "cells.ome.tif", volume, ome=True, photometric="minisblack",
+                     compression=compression, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                                        "PhysicalSizeZ": 2.0, "Channel": {"Name": ["DAPI"]}})
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    with tifffile.TiffFile(tmp_path / "out" / "cells.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "ZYX" and tif.series[0].shape == volume.shape
+        ome = tif.ome_metadata
+        restored = tif.asarray()
+    for text in ('PhysicalSizeX="0.5"', 'PhysicalSizeZ="2.0"', 'Name="DAPI"', 'SizeZ="3"'):
+        assert text in ome
+    assert restored.dtype == volume.dtype and not np.array_equal(restored, volume)

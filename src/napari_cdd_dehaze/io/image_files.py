@@ -66,15 +66,31 @@ GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 
 
 def kept_tiff_tags(path: str | os.PathLike) -> list[tuple]:
-    """The :data:`GEOTIFF_TAGS` of a TIFF's first page, as ``tifffile`` ``extratags`` to write them back verbatim;
-    none for other files."""
+    """The :data:`GEOTIFF_TAGS` of a TIFF's first page, and an OME-TIFF's OME-XML (axes, physical sizes, channel
+    names and the rest; a new UUID), as ``tifffile`` ``extratags`` to write them back; none for other files."""
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return []
+    import re
+    import uuid
+
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         tags = tif.pages[0].tags
-        return [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in tags.values() if tag.code in GEOTIFF_TAGS]
+        kept = [(tag.code, tag.dtype, tag.count, tag.value, True) for tag in tags.values() if tag.code in GEOTIFF_TAGS]
+        if tif.is_ome and tif.ome_metadata:
+            ome = re.sub(r'UUID="urn:uuid:[^"]*"', f'UUID="urn:uuid:{uuid.uuid1()}"', tif.ome_metadata, count=1)
+            kept.append((OME_DESCRIPTION, "s", 0, ome, True))
+        return kept
+
+
+OME_DESCRIPTION = 270  # ImageDescription, where an OME-TIFF keeps its OME-XML
+
+
+def _tiff_options(extratags: list[tuple]) -> dict:
+    """tifffile's write options for ``extratags``: with an OME-XML description, none of tifffile's own."""
+    tags = list(extratags)
+    return {"extratags": tags, **({"metadata": None} if any(t[0] == OME_DESCRIPTION for t in tags) else {})}
 
 
 def file_nodata(path: str | os.PathLike) -> float | None:
@@ -98,7 +114,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tupl
         import tifffile
         buffer = _io.BytesIO()
         tifffile.imwrite(buffer, array, photometric="rgb" if array.ndim >= 3 and array.shape[-1] in (3, 4) else None,
-                         extratags=list(extratags))
+                         **_tiff_options(extratags))
         data = buffer.getvalue()
     elif suffix == ".png":
         import imagecodecs
@@ -129,7 +145,7 @@ def mapped_tiff_output(path: Path, like: np.ndarray, extratags: list[tuple] = ()
     photometric = "rgb" if like.ndim >= 3 and like.shape[-1] in (3, 4) else "minisblack"
     try:
         out = tifffile.memmap(tmp, shape=like.shape, dtype=like.dtype, photometric=photometric,
-                              extratags=list(extratags))
+                              **_tiff_options(extratags))
         yield out
         out.flush()
         del out

@@ -1,0 +1,116 @@
+"""A large multiband GeoTIFF through ``cdd-dehaze apply``: seconds and peak memory.
+
+Writes a synthetic 4-band uint16 GeoTIFF (red, green, blue, NIR; a hazy astronaut photo enlarged by repeating
+pixels, GeoKeys for EPSG:32633, GDAL nodata 0 and a nodata frame) as an uncompressed file, so that the command
+memory-maps it and restores it window by window; then runs ``cdd-dehaze apply`` in a child process and reports
+its wall time, its peak RSS, and (sampled from /proc) the peaks of its anonymous memory and of the mapped file
+pages resident in it; and checks the output: same shape, dtype and GeoTIFF tags, the frame still nodata,
+the fourth band bit-identical.
+
+    python benchmarks/bench_geotiff.py                          # 16384 × 16384, in a temporary folder
+    python benchmarks/bench_geotiff.py --side 4096 --dir /scratch --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+GEO_TAGS = [(33550, "d", 3, (10.0, 10.0, 0.0), True),
+            (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 5000000.0, 0.0), True),
+            (34735, "H", 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633), True),
+            (42113, "s", 0, "0", True)]
+
+
+def write_scene(path: Path, side: int, frame: int) -> None:
+    """The scene written row block by row block into a memory-mapped GeoTIFF (no full-size array in memory)."""
+    from skimage import data
+
+    photo = data.astronaut().astype(np.float32) / 255
+    hazy = ((0.55 * photo + 0.4) * 65535).astype(np.uint16)
+    k = -(-side // 512)
+    out = tifffile.memmap(path, shape=(side, side, 4), dtype=np.uint16, photometric="rgb", extrasamples=[0],
+                          extratags=GEO_TAGS)
+    for y in range(0, side, 1024):
+        rows = np.repeat(np.repeat(hazy[y // k: -(-(y + 1024) // k)], k, 0), k, 1)[: min(1024, side - y), :side]
+        out[y:y + rows.shape[0], :, :3] = rows
+        out[y:y + rows.shape[0], :, 3] = rows[..., 0] // 2  # a stand-in NIR band
+    out[:frame], out[-frame:], out[:, :frame], out[:, -frame:] = 0, 0, 0, 0
+    out.flush()
+    del out
+
+
+def _rss_parts(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident memory of a process in GiB, from /proc (Linux); zeros elsewhere.
+
+    Pages of a memory-mapped file count in a process's RSS while they are resident, but they are the kernel's page
+    cache, which it drops under pressure; the anonymous part is the process's own memory."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        fields = dict(line.split(":", 1) for line in lines if ":" in line)
+        return tuple(int(fields[k].split()[0]) / 2**20 for k in ("RssAnon", "RssFile"))
+    except (OSError, KeyError, ValueError):
+        return 0.0, 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--side", type=int, default=16384)
+    parser.add_argument("--frame", type=int, default=200, help="width of the nodata frame (pixels)")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dir", help="folder for the two files (default: a temporary one, removed after)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        source, out = Path(folder) / "in" / "scene.tif", Path(folder) / "out"
+        source.parent.mkdir()
+        start = time.perf_counter()
+        write_scene(source, args.side, args.frame)
+        print(f"wrote {source} ({source.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - start:.0f} s",
+              file=sys.stderr)
+        start = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "napari_cdd_dehaze.cli", "apply", str(source), "--out",
+                                  str(out), "--model", args.model])
+        anon = file_pages = 0.0
+        while child.poll() is None:  # the child's own memory and the file pages it maps, sampled
+            a, f = _rss_parts(child.pid)
+            anon, file_pages = max(anon, a), max(file_pages, f)
+            time.sleep(0.1)
+        if child.returncode:
+            raise SystemExit(f"cdd-dehaze apply failed ({child.returncode})")
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB → GiB
+        restored, original = tifffile.memmap(out / "scene.tif", mode="r"), tifffile.memmap(source, mode="r")
+        f = args.frame
+        checks = {"shape and dtype": restored.shape == original.shape and restored.dtype == original.dtype,
+                  "frame is nodata": bool((restored[:f] == 0).all() and (restored[:, :f] == 0).all()),
+                  "NIR unchanged": bool(np.array_equal(restored[::97, :, 3], original[::97, :, 3])),
+                  "RGB changed": bool(not np.array_equal(restored[f:f + 64, f:f + 64, :3],
+                                                         original[f:f + 64, f:f + 64, :3]))}
+        with tifffile.TiffFile(out / "scene.tif") as a, tifffile.TiffFile(source) as b:
+            checks["GeoTIFF tags"] = all(a.pages[0].tags[c].value == b.pages[0].tags[c].value
+                                         for c in (33550, 33922, 34735, 42113))
+        size_gib = original.nbytes / 2**30
+        del restored, original
+    result = {"side": args.side, "bands": 4, "file_gib": round(size_gib, 2), "seconds": round(seconds, 1),
+              "peak_rss_gib": round(peak, 2), "peak_anonymous_gib": round(anon, 2),
+              "peak_file_pages_gib": round(file_pages, 2), "checks": checks,
+              "machine": platform.processor() or platform.machine(),
+              "python": platform.python_version()}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

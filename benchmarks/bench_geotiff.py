@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -69,26 +69,36 @@ def main() -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--dir", help="folder for the two files (default: a temporary one, removed after)")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--write-only", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write_only:
+        write_scene(Path(args.write_only), args.side, args.frame)
+        return 0
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         source, out = Path(folder) / "in" / "scene.tif", Path(folder) / "out"
         source.parent.mkdir()
         start = time.perf_counter()
-        write_scene(source, args.side, args.frame)
+        # in a process of its own: a child forked from a parent that holds the scene's pages would count them
+        subprocess.run([sys.executable, __file__, "--write-only", str(source), "--side", str(args.side),
+                        "--frame", str(args.frame)], check=True)
         print(f"wrote {source} ({source.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - start:.0f} s",
               file=sys.stderr)
         start = time.perf_counter()
         child = subprocess.Popen([sys.executable, "-m", "napari_cdd_dehaze.cli", "apply", str(source), "--out",
                                   str(out), "--model", args.model])
         anon = file_pages = 0.0
-        while child.poll() is None:  # the child's own memory and the file pages it maps, sampled
+        while True:  # the child's own memory and the file pages it maps, sampled; its peak RSS when it ends
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
             a, f = _rss_parts(child.pid)
             anon, file_pages = max(anon, a), max(file_pages, f)
-            time.sleep(0.1)
+            time.sleep(0.02)
+        child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode:
             raise SystemExit(f"cdd-dehaze apply failed ({child.returncode})")
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB → GiB
+        peak = usage.ru_maxrss / 2**20  # KiB → GiB, of this child alone
         restored, original = tifffile.memmap(out / "scene.tif", mode="r"), tifffile.memmap(source, mode="r")
         f = args.frame
         checks = {"shape and dtype": restored.shape == original.shape and restored.dtype == original.dtype,

@@ -154,6 +154,34 @@ def mapped_tiff_output(path: Path, like: np.ndarray, extratags: list[tuple] = ()
         tmp.unlink(missing_ok=True)
 
 
+def release_pages(*arrays: np.ndarray) -> None:
+    """Let go of the resident pages of memory-mapped arrays (a no-op for others, and where ``madvise`` is missing).
+
+    Pages of a mapped file count in the process's RSS while they stay mapped in it, so restoring a file larger
+    than memory window by window would fill the RSS with the whole file. Dropping them from the mapping loses
+    nothing: clean pages are read again when needed, and written pages stay in the kernel's cache until they are
+    written to the file.
+    """
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    for array in arrays:
+        mapping = getattr(array, "_mmap", None)  # numpy keeps the mmap of a memmap (and of its views) here
+        if advice is not None and isinstance(mapping, mmap.mmap) and not mapping.closed:
+            try:
+                mapping.madvise(advice)
+            except (OSError, ValueError):
+                return
+
+
+def copy_rows(source: np.ndarray, sink: np.ndarray, rows: int = 1024) -> None:
+    """``sink[...] = source`` a block of rows at a time, letting go of mapped pages after each block: a strip of
+    columns of a memory-mapped file touches a page of every row (and the kernel maps the pages around each)."""
+    for y in range(0, source.shape[0], rows):
+        sink[y:y + rows] = source[y:y + rows]
+        release_pages(source, sink)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from napari_cdd_dehaze.gan.networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
 from napari_cdd_dehaze.imaging.devices import pick_device
-from napari_cdd_dehaze.io.image_files import IntensityMap
+from napari_cdd_dehaze.io.image_files import IntensityMap, copy_rows, release_pages
 
 from .classical import ClassicalDehazer
 from .dispatch import Dispatcher
@@ -232,13 +232,18 @@ def _channel_jobs(plane: np.ndarray, out: np.ndarray, channels: int, alpha: bool
     sink = out[..., None] if out.ndim == 2 else out
     n = colour.shape[-1]
     if bands is not None:
-        for c in set(range(n)) - set(bands):
-            sink[..., c] = colour[..., c]
+        for c in sorted(set(range(n)) - set(bands)):
+            _copy_channel(colour, sink, c)
         return colour, sink, [bands]
     if alpha and n in (2, 4):  # grey+alpha or RGBA: alpha passes through
-        sink[..., -1] = colour[..., -1]
+        _copy_channel(colour, sink, n - 1)
         n -= 1
     return colour, sink, [list(range(n))] if n == channels else [[c] for c in range(n)]
+
+
+def _copy_channel(source: np.ndarray, sink: np.ndarray, channel: int) -> None:
+    """One channel copied unchanged, a block of rows at a time (:func:`~napari_cdd_dehaze.io.image_files.copy_rows`)."""
+    copy_rows(source[..., channel], sink[..., channel])
 
 
 def restore_plane_whole(dehazer: ClassicalDehazer, plane: np.ndarray, imap: IntensityMap, out: np.ndarray,
@@ -257,6 +262,7 @@ def _run_channels(runner: Dispatcher, source: np.ndarray, sink: np.ndarray, job:
     def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
         # windows may reach into the padding below/right of the image: read what exists, pad the rest
         window = imap.to_unit(source[y0:min(y1, h), x0:min(x1, w)][..., job])
+        release_pages(source)  # a memory-mapped file: its pages need not stay in the RSS (io.image_files)
         x = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None] * 2 - 1
         if x.shape[1] != channels:
             x = x.expand(-1, channels, -1, -1)
@@ -274,5 +280,6 @@ def _run_channels(runner: Dispatcher, source: np.ndarray, sink: np.ndarray, job:
         if len(job) != channels:
             unit = unit.mean(axis=-1, keepdims=True)
         sink[y0:y1, x0:x1, job] = imap.from_unit(unit)
+        release_pages(sink)
 
     runner.run(read, write, ph, pw, progress)

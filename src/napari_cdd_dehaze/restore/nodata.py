@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from napari_cdd_dehaze.io.image_files import copy_rows, release_pages
+
 ROWS_PER_READ = 1024  # the mask is found a block of rows at a time (memory-mapped planes)
 
 
@@ -27,6 +29,7 @@ def valid_mask(plane: np.ndarray, nodata: float, channels: bool) -> np.ndarray:
         else:
             invalid = (block == nodata).all(axis=-1) if channels else block == nodata
         blocks.append(~invalid)
+        release_pages(plane)  # a memory-mapped plane: its pages need not stay in the RSS
     return np.concatenate(blocks)
 
 
@@ -43,7 +46,7 @@ def restore_valid(plane: np.ndarray, out: np.ndarray, valid: np.ndarray,
     rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     for outside in (np.s_[:r0], np.s_[r1:], np.s_[r0:r1, :c0], np.s_[r0:r1, c1:]):  # the frame: nodata only
-        out[outside] = plane[outside]
+        copy_rows(plane[outside], out[outside])
     inner = valid[r0:r1, c0:c1]
     if inner.all():  # a rectangle of data: restored where it lies, window by window
         restore(plane[r0:r1, c0:c1], out[r0:r1, c0:c1])

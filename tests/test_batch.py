@@ -184,3 +184,39 @@ def test_an_ome_tiff_keeps_its_axes_physical_sizes_and_channel_name(tmp_path, co
     for text in ('PhysicalSizeX="0.5"', 'PhysicalSizeZ="2.0"', 'Name="DAPI"', 'SizeZ="3"'):
         assert text in ome
     assert restored.dtype == volume.dtype and not np.array_equal(restored, volume)
+
+
+class _PlanesOnDemand:
+    """A stack that makes each plane when indexed, as a reader of a file larger than memory would."""
+
+    def __init__(self, count: int, side: int, dtype) -> None:
+        self.shape, self.dtype, self.ndim = (count, side, side), np.dtype(dtype), 3
+
+    def __getitem__(self, index):
+        plane = np.random.default_rng(index[0]).random(self.shape[1:]) * 0.4 + 0.5
+        return (plane * 4000).astype(self.dtype)
+
+
+def test_a_lazy_stack_restores_one_plane_at_a_time_into_a_mapped_array():
+    """restore_out_of_core on a stack read plane by plane: what numpy allocates at a time stays far below the
+    stack's size (the output is a memory-mapped temporary file); on a dask stack the result equals restoring it
+    in memory, and a float stack is mapped with one range for every plane."""
+    import tracemalloc
+
+    da = pytest.importorskip("dask.array")
+    from napari_cdd_dehaze.restore.engine import restore_array
+    from napari_cdd_dehaze.restore.lazy import restore_out_of_core
+
+    dcp = load_model("dcp")
+    lazy = _PlanesOnDemand(64, 128, np.uint16)  # 2 MiB
+    tracemalloc.start()
+    out = restore_out_of_core(dcp, lazy)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert isinstance(out, np.memmap) and out.shape == lazy.shape and peak < out.nbytes / 2, (peak, out.nbytes)
+    assert np.array_equal(out[5], restore_array(dcp, lazy[(5,)]))
+    planes = [lazy[(i,)] for i in range(6)]
+    stack = da.stack([da.from_array(p, chunks=p.shape) for p in planes])
+    assert np.array_equal(restore_out_of_core(dcp, stack), restore_array(dcp, np.asarray(stack)))
+    floats = stack.astype(np.float32) / 1000  # beyond [0, 1]: one robust range for every plane
+    assert np.abs(restore_out_of_core(dcp, floats) - restore_array(dcp, np.asarray(floats))).max() < 0.05 * 4

@@ -285,3 +285,23 @@ def test_a_multiband_layer_gets_a_band_picker_and_its_other_bands_stay(make_napa
     assert out.shape == scene.shape and out.dtype == scene.dtype
     assert all(np.array_equal(out[b], scene[b]) for b in (0, 4, 5))
     assert all(not np.array_equal(out[b], scene[b]) for b in (1, 2, 3))
+
+
+def test_a_dask_layer_is_restored_plane_by_plane_into_a_mapped_array(make_napari_viewer, qtbot, model_file):
+    """A lazy (dask) stack is restored with restore_out_of_core (memory: tests/test_batch.py): the result is a
+    memory-mapped array, equal to restoring the stack in memory."""
+    da = pytest.importorskip("dask.array")
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer as load
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(5)
+    planes = [rng.integers(0, 4096, (96, 128), dtype=np.uint16) for _ in range(6)]
+    stack = da.stack([da.from_array(p, chunks=p.shape) for p in planes])
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(stack, name="lazy")
+    widget = dock(viewer, "Restore")
+    restore_with_file(widget, model_file, layer)
+    wait_idle(qtbot, widget)
+    out = viewer.layers["lazy (restored)"].data
+    assert isinstance(out, np.memmap) and out.shape == stack.shape and out.dtype == stack.dtype
+    assert np.abs(out.astype(int) - restore_array(load(model_file), np.asarray(stack))).max() <= 1

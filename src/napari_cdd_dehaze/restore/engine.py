@@ -96,14 +96,16 @@ Restorer = ResnetGenerator | ClassicalDehazer
 
 def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions | None = None,
                   channel_axis: int | None | str = "auto", out: np.ndarray | None = None,
-                  bands: Sequence[int] | None = None, nodata: float | None = None) -> np.ndarray:
+                  bands: Sequence[int] | None = None, nodata: float | None = None,
+                  intensity: IntensityMap | None = None) -> np.ndarray:
     """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
 
     ``out`` (e.g. a memory-mapped file) receives the result when given. ``bands`` (indices along the channel
     axis, as many as the model takes, e.g. ``(3, 2, 1)`` for the red, green and blue of a blue/green/red/NIR
     scene): the model sees those bands in that order, and every other band is copied unchanged. ``nodata`` (a
     value, or NaN): pixels with that value in every channel take no part and are written back as they were
-    (:mod:`~napari_cdd_dehaze.restore.nodata`).
+    (:mod:`~napari_cdd_dehaze.restore.nodata`). ``intensity``: the map between the array's values and [0, 1], when
+    the caller has one for a larger whole (the planes of a stack read one by one); by default the array's own.
     """
     options = options or RestoreOptions()
     if array.ndim < 2:
@@ -113,12 +115,12 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     if channel_axis not in (None, "auto", -1, array.ndim - 1):
         moved_out = None if out is None else np.moveaxis(out, channel_axis, -1)
         moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1,
-                              out=moved_out, bands=bands, nodata=nodata)
+                              out=moved_out, bands=bands, nodata=nodata, intensity=intensity)
         return np.moveaxis(moved, -1, channel_axis)
     if bands is not None:
         bands = _checked_bands(bands, array.shape[-1], getattr(restorer, "channels", None)
                                or restorer.config.channels)
-    imap = IntensityMap.for_array(array, nodata=nodata)
+    imap = intensity or IntensityMap.for_array(array, nodata=nodata)
     out = np.empty_like(array) if out is None else out
     dims = plane_ndim(array.shape, channel_axis)
     planes = list(np.ndindex(array.shape[:array.ndim - dims]))

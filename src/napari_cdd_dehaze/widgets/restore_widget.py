@@ -174,7 +174,7 @@ class RestoreWidget(Container):
         from napari_cdd_dehaze.restore.files import parse_bands
         from napari_cdd_dehaze.restore.windows import Cancelled
 
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        data = layer.data[0] if layer.multiscale else layer.data  # a multiscale layer: its full resolution
         channel_axis = -1 if layer.rgb else None  # napari's rgb flag says whether the last axis is colour
         try:
             bands = parse_bands(self.bands.value) if multiband(layer) else None
@@ -189,11 +189,15 @@ class RestoreWidget(Container):
         def restore():
             from napari_cdd_dehaze.models import load_model
             from napari_cdd_dehaze.restore.engine import restore_array
+            from napari_cdd_dehaze.restore.lazy import restore_out_of_core
 
             model = load_model(spec)
             started = time.perf_counter()
             try:
-                restored = restore_array(model, data, options, channel_axis=channel_axis, bands=bands)
+                if isinstance(data, np.ndarray) or bands is not None:
+                    restored = restore_array(model, np.asarray(data), options, channel_axis=channel_axis, bands=bands)
+                else:  # dask, zarr, …: read plane by plane, written to a memory-mapped temporary file
+                    restored = restore_out_of_core(model, data, options, channel_axis=channel_axis)
                 return restored, time.perf_counter() - started
             except Cancelled:
                 return None

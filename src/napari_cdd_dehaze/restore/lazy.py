@@ -35,8 +35,9 @@ def restore_out_of_core(restorer: Restorer, data, options: RestoreOptions | None
     shape = tuple(data.shape)
     dims = plane_ndim(shape, channel_axis)
     planes = list(np.ndindex(shape[:len(shape) - dims]))
-    out = np.memmap(tempfile.TemporaryFile(prefix="cdd-restored-", dir=scratch_dir), dtype=data.dtype, mode="w+",
-                    shape=shape)
+    file = tempfile.TemporaryFile(prefix="cdd-restored-", dir=scratch_dir)
+    out = np.memmap(file, dtype=data.dtype, mode="w+", shape=shape)
+    out.scratch_file = file  # open as long as the array lives (Windows deletes a temporary file when it is closed)
     imap, report = stack_intensity(data, planes), options.progress
     for i, index in enumerate(planes):
         if options.should_stop is not None and options.should_stop():

@@ -1,12 +1,12 @@
 """How far bf16 (and fp16) autocast moves a model's output from fp32, and what it does to speed.
 
-    python benchmarks/bench_precision.py --model default [--side 256] [--json results/precision.json]
+    python benchmarks/bench_precision.py --model default [--side 256] [--json precision.json]
     python benchmarks/bench_precision.py --device cuda --precision bf16 fp16 --side 1024
 
 Restores scikit-image's colour photos (hazed with the sample-data recipe, resized to ``--side`` on the long
 side) with fp32 and with bf16 autocast, whole-image, and reports per image the largest and mean absolute
 difference in 8-bit steps and the seconds of each (on a GPU: after a synchronisation, i.e. with the
-result back in host memory). The issue's bar: the reduced precision stays within 2/255 of fp32.
+result back in host memory). The bar: the reduced precision stays within 2/255 of fp32.
 """
 from __future__ import annotations
 

@@ -66,3 +66,36 @@ def test_the_weights_carry_their_provenance():
     assert info["method"] == "cdd-gan" and info["step"] == 2600 and info["commit"] and info["trained"]
     assert "training/configs/default.yaml" in info["recipe"]
     assert not {"refine", "airlight", "dark_target"} & set(metadata)  # no retired fields
+
+
+def test_auto_precision_takes_bf16_only_where_it_is_native_and_within_2_of_255(model, monkeypatch):
+    """bf16 (forced here, emulated on a CPU without it) moves the bundled model's output at its working scale by
+    at most 1/255; "auto" takes it only where the device computes bf16 natively and only at a working scale."""
+    import torch
+
+    from napari_cdd_dehaze.restore import engine
+
+    hazy = read_image(DATA / "hazy_crop.png")
+    fp32 = restore_array(model, hazy, RestoreOptions(device="cpu", precision="fp32"))
+    bf16 = restore_array(model, hazy, RestoreOptions(device="cpu", precision="bf16"))
+    assert np.abs(bf16.astype(int) - fp32).max() <= 2
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    assert engine.resolve_precision("auto", model, cpu, 128) == "bf16"
+    assert engine.resolve_precision("auto", model, cpu, 0) == "fp32"  # full resolution: up to 3.6/255 off
+    assert engine.resolve_precision("fp32", model, cpu, 128) == "fp32"
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    assert engine.resolve_precision("auto", model, cpu, 128) == "fp32"
+    assert np.array_equal(restore_array(model, hazy, RestoreOptions(device="cpu")), fp32)  # auto here: fp32
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch):
+    import torch
+
+    from napari_cdd_dehaze.imaging import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512f"})
+    assert not devices.native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert devices.native_bf16(torch.device("cpu"))
+    assert not devices.native_bf16(torch.device("meta"))

@@ -198,8 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--tile", type=int, help="tile size in pixels (overlapping tiles); 0 = whole image "
                                                 "(default: whole up to 2048², streamed layer by layer beyond: exact, "
                                                 "bounded memory)")
-    apply.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                       help="autocast precision (default fp32; bf16 only helps on GPUs and bf16-capable CPUs)")
+    apply.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="autocast precision; auto (default): bf16 for a dehazing model at its working scale on "
+                            "a GPU or CPU with native bf16, fp32 elsewhere")
     apply.add_argument("--overlap", type=int, help="context margin around each tile in pixels (default: the "
                                                    "network's receptive-field radius, which makes tiles exact)")
     apply.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cdd_dehaze.gan.networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
-from napari_cdd_dehaze.imaging.devices import pick_device
+from napari_cdd_dehaze.imaging.devices import native_bf16, pick_device
 from napari_cdd_dehaze.io.image_files import IntensityMap, copy_rows, release_pages
 
 from .classical import ClassicalDehazer
@@ -73,7 +73,9 @@ class RestoreOptions:
     scratch_dir: str | None = None
     estimate_size: int | None = None
     airlight_floor: int | None = None
-    precision: str = "fp32"   # "bf16" (autocast; pays off on GPUs and bf16-capable CPUs) or "fp16" (GPU only)
+    # "auto": bf16 where it is exact enough and fast (resolve_precision), else fp32; or "fp32", "bf16" (autocast;
+    # pays off on GPUs and bf16-capable CPUs), "fp16" (GPU only)
+    precision: str = "auto"
     progress: Callable[[int, int], None] | None = None   # (units done, total) over the whole array
     should_stop: Callable[[], bool] | None = None
 
@@ -157,14 +159,27 @@ def _checked_bands(bands: Sequence[int], count: int, channels: int) -> list[int]
 
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *AUTOCAST)
+
+
+def resolve_precision(requested: str, restorer: ResnetGenerator, device: torch.device, size: int) -> str:
+    """The precision a run uses: ``requested``, or for "auto" bf16 where the device computes it natively
+    (:func:`~napari_cdd_dehaze.imaging.devices.native_bf16`) and the run is a dehazing restorer at its working scale
+    (``size`` > 0), where bf16 moves the output by at most 1/255 (tests/test_shipped_model.py); fp32 elsewhere:
+    at full resolution bf16 moved it by up to 3.6/255 (docs/benchmarks.md)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "bf16" if size and restorer.config.output == "dehaze" and native_bf16(device) else "fp32"
 
 
 def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> Dispatcher:
     restorer = with_airlight_floor(restorer, options.airlight_floor)
     device = pick_device(options.device)
-    if options.precision not in AUTOCAST:
-        raise ValueError(f"precision must be one of {sorted(AUTOCAST)}, got {options.precision!r}")
-    if options.precision == "fp16" and device.type == "cpu":
+    size = estimate_size(restorer, options.estimate_size)
+    precision = resolve_precision(options.precision, restorer, device, size)
+    if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 autocast is for GPUs; use fp32 or bf16 on the CPU")
     return Dispatcher(restorer, device, tile=options.tile, margin=options.margin,
                        whole_max_pixels=options.whole_max_pixels, stats_max_pixels=options.stats_max_pixels,
@@ -172,8 +187,7 @@ def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> Dispatcher:
                        stream_memory_bytes=options.stream_memory_bytes, scratch_dir=options.scratch_dir,
                        band_elements=options.stream_band_elements,
                        stream_device_bytes=stream_device_bytes(device, options.stream_device_bytes),
-                       autocast_dtype=AUTOCAST[options.precision], should_stop=options.should_stop,
-                       estimate_size=estimate_size(restorer, options.estimate_size))
+                       autocast_dtype=AUTOCAST[precision], should_stop=options.should_stop, estimate_size=size)
 
 
 def with_airlight_floor(restorer: ResnetGenerator, requested: int | None) -> ResnetGenerator:

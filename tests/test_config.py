@@ -38,3 +38,18 @@ def test_the_generators_of_a_run_take_its_fields_and_the_degrader_no_inference_p
 def test_presets_round_trip_through_a_recipe(name):
     config = preset(name)
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_auto_precision_trains_in_bf16_only_where_the_device_computes_it_natively(unpaired_folders, tmp_path,
+                                                                                   monkeypatch):
+    from conftest import tiny_config
+
+    from napari_cdd_dehaze.gan import trainer as engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    assert engine.Trainer(tiny_config(precision="auto"), *unpaired_folders, tmp_path / "a").config.precision == "fp32"
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    run = engine.Trainer(tiny_config(precision="auto", steps=1), *unpaired_folders, tmp_path / "b")
+    assert run.config.precision == "bf16"  # and saved so: the checkpoint says what ran
+    run.run()
+    assert all(v == v for v in run.last_losses.values())  # a bf16 step (emulated on this CPU) gives finite losses

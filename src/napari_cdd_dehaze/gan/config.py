@@ -10,7 +10,8 @@ from .networks import GeneratorConfig
 
 METHODS = ("cdd-gan", "dcd-gan")
 NEGATIVE_MODES = ("internal", "generated", "both")
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 trains with one gradient scaler per optimiser
+# fp16 trains with one gradient scaler per optimiser; auto is bf16 where the device computes it natively, else fp32
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 # The concerns a field belongs to, in the order recipes, ``--help`` and the docs list them.

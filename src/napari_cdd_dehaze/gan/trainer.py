@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import torch
 
 from napari_cdd_dehaze import __version__
-from napari_cdd_dehaze.imaging.devices import pick_device
+from napari_cdd_dehaze.imaging.devices import native_bf16, pick_device
 
 from .checkpoint import (
     DEFAULT_WEIGHTS,
@@ -166,6 +166,9 @@ class Trainer:
         self.config = config
         self.replicas, device = replicas_from_environment(config.device)
         self.device = pick_device(device)
+        if config.precision == "auto":  # bf16 where the device computes it natively, else fp32; saved as resolved
+            config = config.replace(precision="bf16" if native_bf16(self.device) else "fp32")
+            self.config = config
         # Data first: a bad folder fails before any network is built.
         self.data = UnpairedBatches(ImageFolder(degraded_dir, config.channels), ImageFolder(clean_dir, config.channels),
                                     config.crop, config.batch_size, config.load_size)

@@ -26,7 +26,7 @@ from . import tiles
 from .streamed import StreamedRunner
 from .whole import run_whole
 from .windows import Cancelled, ReadWindow, floor_estimate, is_too_large
-from .working_scale import run_at_working_scale
+from .working_scale import CPU_BAND_ELEMENTS, run_at_working_scale
 
 
 class Dispatcher:
@@ -87,8 +87,9 @@ class Dispatcher:
         config = self.generator.config
         if self.estimate_size and (max(height, width) > self.estimate_size or config.pool_airlight
                                    or config.guided_upsample or config.airlight_floor):
+            band = self.band_elements if self.device.type == "cuda" else min(self.band_elements, CPU_BAND_ELEMENTS)
             return run_at_working_scale(self.generator, self.device, read, write, height, width, self.estimate_size,
-                                        self.band_elements, self.autocast_dtype, self._check_stop, progress)
+                                        band, self.autocast_dtype, self._check_stop, progress)
         if self.tile is None and height * width > self.whole_max_pixels:
             return self._run_streamed(read, write, height, width, progress)
         tile, stats, airlight = self.tile or max(height, width), None, None  # 0 or None (small image): whole

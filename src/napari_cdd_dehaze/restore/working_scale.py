@@ -33,6 +33,10 @@ from napari_cdd_dehaze.imaging.primitives import guided_coefficients, luminance
 
 from .windows import ReadWindow, WriteWindow, block_average
 
+# Rows of the full-size image composed at once on a CPU: about a million values, so that a band's tensors stay in
+# the caches. Band sizes do not change the output; at 4096² RGB with the bundled model this took a restore from
+# 2.20 s (2²⁴ values a band) to 0.73 s on 2 CPU cores (docs/benchmarks.md). A GPU takes the engine's larger bands.
+CPU_BAND_ELEMENTS = 1 << 20
 GUIDED_UPSAMPLE_EPS = 1e-4  # the ridge of the guided fit (grey in [0, 1]); chosen on the validation suites
 
 

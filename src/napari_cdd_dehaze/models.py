@@ -19,6 +19,13 @@ BUILTIN_MODELS: dict[str, str] = {
 }
 
 
+def _default_weights() -> Path:
+    if not DEFAULT_WEIGHTS.is_file():
+        raise CheckpointError("no default model is bundled with this version yet; use 'dcp' or 'cap' "
+                              "(no training needed) or give a trained run, checkpoint or .safetensors file")
+    return DEFAULT_WEIGHTS
+
+
 def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
     """The restorer named by ``spec``: a name from :data:`BUILTIN_MODELS` or a path to trained weights.
 
@@ -29,10 +36,7 @@ def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
     if name in CLASSICAL:
         return CLASSICAL[name]
     if name == "default":
-        if not DEFAULT_WEIGHTS.is_file():
-            raise CheckpointError("no default model is bundled with this version yet; use 'dcp' or 'cap' "
-                                  "(no training needed) or give a trained run, checkpoint or .safetensors file")
-        return load_restorer(DEFAULT_WEIGHTS)
+        return load_restorer(_default_weights())
     if not Path(spec).exists():
         raise CheckpointError(f"{spec}: no such file or folder, and not a built-in model "
                               f"(built-in: {', '.join(BUILTIN_MODELS)})")
@@ -50,24 +54,27 @@ INFERENCE_POLICY = {
 
 def describe_model(spec: str | Path) -> list[str]:
     """Lines that say what the model named by ``spec`` is: its network, how it runs (the inference policy its file
-    carries; ``RestoreOptions``/``--estimate-size``/``--airlight-floor`` override it) and where it comes from."""
+    carries; ``RestoreOptions``/``--estimate-size``/``--airlight-floor`` override it) and where it comes from.
+
+    Read from the file's header and run config alone, without loading the weights: cheap enough for a widget to
+    call whenever its model choice changes."""
     import json
 
-    from .gan.checkpoint import read_safetensors, resolve_model_path
+    from .gan.checkpoint import read_metadata, resolve_model_path, stored_config
 
     name = str(spec)
     if name in CLASSICAL:
         return [f"{name}: {CLASSICAL[name].label}"]
-    restorer = load_model(spec)
-    file = DEFAULT_WEIGHTS if name == "default" else resolve_model_path(spec)
-    c = restorer.config
+    file = _default_weights() if name == "default" else resolve_model_path(spec)
+    metadata = read_metadata(file)
+    c = stored_config(file, metadata)
     lines = [f"{name}: {file}",
              f"network: ResNet generator, width {c.width}, {c.blocks} residual blocks, {c.channels} channel(s), "
              f"output {c.output!r}" + (f", dark channel over {c.dark_patch} px" if c.dark_patch else "")]
     policy = [f"  {field}: {getattr(c, field)} ({meaning})" for field, meaning in INFERENCE_POLICY.items()
               if getattr(c, field)]
     lines += ["inference:"] + policy if policy else ["inference: full resolution (no working scale)"]
-    info = json.loads(read_safetensors(file)[1].get("info", "{}") or "{}")
+    info = json.loads(metadata.get("info", "{}") or "{}")
     if info:
         lines.append("provenance: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     return lines

@@ -91,7 +91,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, meta: dict
     return final
 
 
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
+GENERATOR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}  # what older files lack
 RESTORER_FIELDS = tuple(f.name for f in dataclasses.fields(GeneratorConfig))  # written as text in the metadata
 
 
@@ -130,6 +130,27 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file (corrupt or truncated: {exc})") from exc
     return tensors, metadata
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file from its header alone (the weights are not read)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            header = f.read(int.from_bytes(f.read(8), "little"))
+        return json.loads(header).get("__metadata__", {}) or {}
+    except (ValueError, json.JSONDecodeError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (corrupt or truncated: {exc})") from exc
+
+
+def stored_config(file: Path, metadata: dict[str, str] | None = None) -> GeneratorConfig:
+    """The restorer's network of a model file: from a restorer file's metadata, or from the run config beside a
+    checkpoint's weights. ``metadata``: the file's, when the caller has read it already."""
+    metadata = read_metadata(file) if metadata is None else metadata
+    if metadata.get("kind") == "restorer":
+        return restorer_config(metadata, file)
+    return TrainConfig.from_dict(read_meta(file.parent)["config"]).generator_config()
 
 
 def read_meta(checkpoint: Path) -> dict:
@@ -210,7 +231,7 @@ def restorer_config(metadata: dict[str, str], file: Path) -> GeneratorConfig:
         metadata = drop_retired(metadata, RETIRED_GENERATOR_FIELDS, "model")
         fields = {k: metadata[k] for k in ("channels", "width", "blocks")}
         fields |= {k: metadata[k] for k in RESTORER_FIELDS if k in metadata}
-        return GeneratorConfig(**{k: type(DEFAULTS[k])(v) for k, v in fields.items()})
+        return GeneratorConfig(**{k: type(GENERATOR_DEFAULTS[k])(v) for k, v in fields.items()})
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{file}: restorer metadata incomplete ({exc})") from exc
 
@@ -219,12 +240,9 @@ def load_restorer(path: str | Path, prefer_ema: bool = True) -> ResnetGenerator:
     """Build and load the restorer stored at ``path`` (any form accepted by :func:`resolve_model_path`)."""
     file = resolve_model_path(path)
     tensors, metadata = read_safetensors(file)
-    if metadata.get("kind") == "restorer":
-        cfg, prefix = restorer_config(metadata, file), ""
-    else:
-        meta = read_meta(file.parent)
-        cfg = TrainConfig.from_dict(meta["config"]).generator_config()
+    prefix = ""
+    if metadata.get("kind") != "restorer":
         prefix = "ema_restorer." if prefer_ema and any(k.startswith("ema_restorer.") for k in tensors) else "restorer."
-    restorer = ResnetGenerator(cfg)
+    restorer = ResnetGenerator(stored_config(file, metadata))
     load_weights(restorer, tensors, file, strict=True, prefix=prefix)
     return restorer.eval()

@@ -16,7 +16,6 @@ well-defined global batch) in any other.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import warnings
@@ -31,6 +30,7 @@ from napari_cdd_dehaze.imaging.devices import native_bf16, pick_device
 
 from .checkpoint import (
     DEFAULT_WEIGHTS,
+    GENERATOR_DEFAULTS,
     MODEL_FILE,
     RESTORER_FIELDS,
     RESTORER_FILE,
@@ -40,6 +40,7 @@ from .checkpoint import (
     load_train_state,
     load_weights,
     read_meta,
+    read_metadata,
     read_safetensors,
     resolve_model_path,
     restorer_config,
@@ -50,7 +51,6 @@ from .config import RUN_OUTPUTS, TrainConfig
 from .data import ImageFolder, UnpairedBatches
 from .distributed import replicas_from_environment
 from .methods import build_method
-from .networks import GeneratorConfig
 
 # What a resumed run may change: how long and where it runs, and how the restorer composes its output (fields
 # without weights of their own; a run resumed with ``airlight_floor`` trains with the floor from there on, as
@@ -98,7 +98,7 @@ def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
 
 ARCHITECTURE_FIELDS = RESTORER_FIELDS  # what a restorer file records of its network
 # What run folders written before these fields existed hold.
-ARCHITECTURE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GeneratorConfig)}
+ARCHITECTURE_DEFAULTS = GENERATOR_DEFAULTS  # what run folders written before a field existed hold
 
 
 def architecture_of(source: str | Path) -> dict:
@@ -109,7 +109,7 @@ def architecture_of(source: str | Path) -> dict:
     learning rate and crops without the user matching its architecture by hand.
     """
     file = resolve_model_path(source)
-    _, metadata = read_safetensors(file)
+    metadata = read_metadata(file)
     if metadata.get("kind") == "restorer":
         cfg = restorer_config(metadata, file)
         fields = {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}

@@ -93,9 +93,9 @@ def _tiff_options(extratags: list[tuple]) -> dict:
     return {"extratags": tags, **({"metadata": None} if any(t[0] == OME_DESCRIPTION for t in tags) else {})}
 
 
-def file_nodata(path: str | os.PathLike) -> float | None:
-    """The nodata value a GeoTIFF declares (GDAL's tag 42113: a number, or "nan"), or None."""
-    for code, _, _, value, _ in kept_tiff_tags(path):
+def declared_nodata(tags: list[tuple]) -> float | None:
+    """The nodata value that :func:`kept_tiff_tags` found declared (GDAL's tag 42113: a number, or "nan"), or None."""
+    for code, _, _, value, _ in tags:
         if code == 42113:
             try:
                 return float(str(value).strip().strip("\x00"))
@@ -233,7 +233,7 @@ class IntensityMap:
                                  "(or give them as nodata)")
             if chunk.size:
                 lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
-        if lo >= 0.0 and hi <= 1.0 or lo > hi:
+        if (lo >= 0.0 and hi <= 1.0) or lo > hi:  # within [0, 1], or nothing but nodata
             return cls(dtype, 0.0, 1.0)
         flat = array.reshape(-1)
         sample = data(flat[:: max(1, flat.size // (1 << 22))])  # ≤ ~4 M values estimate the percentiles

@@ -120,8 +120,8 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
                               out=moved_out, bands=bands, nodata=nodata, intensity=intensity)
         return np.moveaxis(moved, -1, channel_axis)
     if bands is not None:
-        bands = _checked_bands(bands, array.shape[-1], getattr(restorer, "channels", None)
-                               or restorer.config.channels)
+        channels = restorer.channels if isinstance(restorer, ClassicalDehazer) else restorer.config.channels
+        bands = _checked_bands(bands, array.shape[-1], channels)
     imap = intensity or IntensityMap.for_array(array, nodata=nodata)
     out = np.empty_like(array) if out is None else out
     dims = plane_ndim(array.shape, channel_axis)

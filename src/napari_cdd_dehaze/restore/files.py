@@ -16,7 +16,7 @@ import numpy as np
 from napari_cdd_dehaze.io.image_files import (
     IMAGE_SUFFIXES,
     ImageReadError,
-    file_nodata,
+    declared_nodata,
     kept_tiff_tags,
     mapped_tiff_output,
     read_image,
@@ -99,9 +99,9 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
     the bands the model sees, in that order; the others are copied. ``nodata`` (default: the value the file
     declares): pixels without data, left out and written back as they were."""
     image = read_image(source, memory_map=True)
-    tags = kept_tiff_tags(source) if target.suffix.lower() in (".tif", ".tiff") else []
+    tags = kept_tiff_tags(source)  # read once: written back, and the nodata they declare
     layout = {} if bands is None else {"bands": bands, "channel_axis": band_axis(image.shape, bands)}
-    layout["nodata"] = file_nodata(source) if nodata is None else nodata
+    layout["nodata"] = declared_nodata(tags) if nodata is None else nodata
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):
         with mapped_tiff_output(target, image, extratags=tags) as out:

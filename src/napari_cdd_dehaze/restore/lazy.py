@@ -23,7 +23,8 @@ def stack_intensity(data, planes: list[tuple], samples: int = 8, side: int = 512
     if np.issubdtype(np.dtype(data.dtype), np.integer):
         return IntensityMap.for_array(np.zeros(1, data.dtype))
     chosen = planes[:: max(1, len(planes) // samples)]
-    stride = max(1, max(data.shape[-3:] if len(data.shape) >= 3 else data.shape) // side)
+    plane_shape = tuple(data.shape)[len(planes[0]):]  # (H, W) or (H, W, C)
+    stride = max(1, max(plane_shape[:2]) // side)
     return IntensityMap.for_array(np.stack([np.asarray(data[index][::stride, ::stride]) for index in chosen]))
 
 

@@ -201,3 +201,37 @@ def test_info_says_what_a_model_is_and_how_it_runs(capsys):
     assert "width 32, 6 residual blocks" in out and "estimate_size: 128" in out and "airlight_floor: 3" in out
     assert "step 2600" in out and "colour attenuation prior" in out
     assert main(["info", "no/such/model"]) == 2
+
+
+def test_finetune_the_bundled_model_for_a_time_budget_then_extend_it(unpaired_folders, tmp_path, capsys):
+    from napari_cdd_dehaze.gan.checkpoint import latest_checkpoint, load_restorer, read_meta
+    from napari_cdd_dehaze.gan.run_card import CARD_FILE
+
+    degraded, clean = unpaired_folders
+    run = tmp_path / "finetuned"
+    base = ["train", "--degraded", str(degraded), "--clean", str(clean), "--out", str(run), "--device", "cpu"]
+    # --init alone picks the finetune preset; the budget, not the 2000 steps, ends the run
+    assert main([*base, "--init", "default", "--minutes", "0.05"]) == 0
+    meta = read_meta(latest_checkpoint(run))
+    first = meta["step"]
+    assert 1 <= first < 2000 and meta["trained_s"] >= 3 and meta["config"]["decay_from"] == 1.0
+    assert load_restorer(run).config.output == "dehaze"
+    card = (run / CARD_FILE).read_text()
+    assert "default (the bundled dehazing model)" in card and f"| steps | {first} of 2000, budget 0.05 min |" in card
+    assert "4 in" in card  # the image counts of both folders
+    # a resumed run keeps its time so far and trains until the new budget
+    budget = round(meta["trained_s"] / 60 + 0.05, 3)
+    assert main([*base, "--resume", "--minutes", str(budget)]) == 0
+    resumed = read_meta(latest_checkpoint(run))
+    assert resumed["step"] > first and resumed["trained_s"] >= budget * 60
+    assert resumed["start_model"].startswith("default")
+    assert f"time budget: {budget:g} min" in capsys.readouterr().err
+
+
+def test_the_finetune_preset_starts_from_the_bundled_model_or_says_what_it_needs(unpaired_folders, tmp_path, capsys):
+    degraded, clean = unpaired_folders
+    base = ["train", "--degraded", str(degraded), "--clean", str(clean), "--device", "cpu", "--preset", "finetune"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--steps", "1"]) == 0
+    assert "finetuning the bundled default model" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--method", "dcd-gan"]) == 2
+    assert "give --init" in capsys.readouterr().err

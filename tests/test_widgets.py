@@ -144,6 +144,8 @@ def test_train_stop_resume_preview_and_model_list(make_napari_viewer, qtbot, unp
     train = dock(viewer, "Train / finetune")
     run_dir = tmp_path / "run"
     train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.start_from.value = "scratch"  # the cpu preset, counted in steps
+    assert train.preset.value == "cpu" and train.minutes.value == 0
     train.steps.value, train.crop.value, train.device.value = 200, 32, "cpu"
     train.preview_layer.value, train.preview_every.value = target, 2
     train.start_button.changed.emit(True)
@@ -170,6 +172,41 @@ def test_train_stop_resume_preview_and_model_list(make_napari_viewer, qtbot, unp
     wait_idle(qtbot, train, 120_000)
     assert f"finished at step {stopped_at + 3}" in train.status.value
     assert train.plot.steps[-1] == stopped_at + 3 and len(train.plot.steps) == stopped_at + 3
+
+
+def test_finetuning_the_bundled_model_is_the_default_and_the_preview_updates(make_napari_viewer, qtbot,
+                                                                             unpaired_folders, tmp_path):
+    from napari_cdd_dehaze.gan.checkpoint import read_meta
+    from napari_cdd_dehaze.gan.run_card import CARD_FILE
+
+    degraded, clean = unpaired_folders
+    viewer = make_napari_viewer()
+    target = viewer.add_image(np.random.default_rng(5).integers(0, 256, (72, 84, 3), dtype=np.uint8), name="hazy")
+    restore = dock(viewer, "Restore")
+    train = dock(viewer, "Train / finetune")
+    # what a user sees on opening the widget: finetune the bundled model for ten minutes
+    assert train.start_from.value == "default" and train.preset.value == "finetune"
+    assert train.minutes.value == 10 and train.lr.value == pytest.approx(2e-4)
+    previews = []
+    show = train._show_preview
+    train._show_preview = lambda restored: (previews.append(np.array(restored)), show(restored))
+    run_dir = tmp_path / "finetuned"
+    train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.preview_layer.value, train.preview_every.value = target, 2
+    train.steps.value, train.device.value = 4, "cpu"  # a few steps, every other setting as it opened
+    train.start_button.changed.emit(True)
+    wait_idle(qtbot, train, 300_000)
+    assert "finished at step 4" in train.status.value, train.status.value
+    meta = read_meta(latest_checkpoint(run_dir))
+    assert meta["config"]["minutes"] == 10 and meta["config"]["decay_from"] == 1.0
+    assert meta["start_model"].startswith("default") and meta["trained_s"] > 0
+    assert load_restorer(run_dir).config.output == "dehaze"  # the bundled model's network, finetuned
+    assert "default (the bundled dehazing model)" in (run_dir / CARD_FILE).read_text()
+    # the start model's restoration, then steps 2 and 4: the layer shows each, and training changed it
+    assert len(previews) == 3 and all(p.shape == (72, 84, 3) for p in previews)
+    assert np.abs(previews[-1].astype(int) - previews[0].astype(int)).max() > 0
+    np.testing.assert_array_equal(viewer.layers["training preview"].data, previews[-1])
+    assert restore.model.value == str(run_dir.resolve())  # selected in Restore at the end
 
 
 def test_bad_input_is_a_notification_and_the_viewer_stays_usable(make_napari_viewer, qtbot, tmp_path,
@@ -206,6 +243,7 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer,
     train = dock(viewer, "Train / finetune")
     run_dir = tmp_path / "run"
     train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
+    train.start_from.value = "scratch"
     train.steps.value, train.crop.value, train.device.value = 10_000, 32, "cpu"
     train.start_button.changed.emit(True)
     qtbot.waitUntil(lambda: train.progress.value >= 1, timeout=60_000)
@@ -225,6 +263,7 @@ def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtb
     restore = dock(viewer, "Restore")
     train = dock(viewer, "Train / finetune")
     train.method.value = "dcd-gan"
+    assert train.start_from.value == "scratch"  # no bundled derainer to finetune
     assert train.lr.value == pytest.approx(1e-4)  # the DCD-GAN preset's learning rate
     run_dir = tmp_path / "derain"
     train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir

@@ -21,14 +21,28 @@ def _train(args: argparse.Namespace) -> int:
     from .gan.run_control import build_config, config_overrides
     from .gan.trainer import Trainer
 
+    preset_name, init = _preset_and_start(args)
     # the preset, then the --config files, then the fields given as options; a resumed run changes run control only
     config = build_config(args.out, resume=args.resume, files=args.config, overrides=config_overrides(args),
-                          preset_name=args.preset)
-    trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=args.init)
+                          preset_name=preset_name)
+    trainer = Trainer(config, args.degraded, args.clean, args.out, resume=args.resume, init_from=init)
     try:
         return _run_training(trainer, Path(args.out), args)
     finally:
         shutdown()  # leaves torchrun's process group, if any
+
+
+def _preset_and_start(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The preset and start model a new run uses: ``finetune`` when it starts from a model (``--init``), ``cpu``
+    when from scratch; the ``finetune`` preset without ``--init`` continues the bundled model (CDD-GAN)."""
+    preset_name = args.preset or ("finetune" if args.init else "cpu")
+    init = args.init
+    if preset_name == "finetune" and init is None and not args.resume:
+        if (args.method or "cdd-gan") != "cdd-gan":
+            raise ValueError("the finetune preset continues a model: give --init RUN_OR_FILE (a DCD-GAN model)")
+        init = "default"
+        print("finetuning the bundled default model (--init default)", file=sys.stderr)
+    return preset_name, init
 
 
 def _run_training(trainer, out: Path, args: argparse.Namespace) -> int:
@@ -41,11 +55,17 @@ def _run_training(trainer, out: Path, args: argparse.Namespace) -> int:
         print(f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on {trainer.device} "
               f"× {trainer.replicas.world_size} process(es) from step {trainer.step} to {c.steps}; "
               f"checkpoints in {out / 'checkpoints'}", file=sys.stderr)
-    bar = tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=quiet)
+    timed = c.minutes > 0  # a time budget: the bar counts seconds of it (the steps are a cap)
+    if timed and not quiet:
+        print(f"time budget: {c.minutes:g} min of training (or {c.steps} steps, if they come first)",
+              file=sys.stderr)
+    bar = (tqdm(total=round(c.minutes * 60), initial=min(round(trainer.trained_s), round(c.minutes * 60)), unit="s",
+                dynamic_ncols=True, disable=quiet) if timed else
+           tqdm(total=c.steps, initial=trainer.step, unit="step", dynamic_ncols=True, disable=quiet))
 
     def progress(event) -> None:
         if event.kind == "step":
-            bar.update(1)
+            bar.update(min(round(event.trained_s), bar.total) - bar.n if timed else 1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in event.losses.items()
                              if k in ("critics", "gan", "nce", "cycle", "identity")}, refresh=False)
 
@@ -164,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=METHODS,
                        help="cdd-gan (dehazing, default) or dcd-gan (deraining)")
     presets = sorted(set().union(*METHOD_PRESETS.values()))
-    train.add_argument("--preset", default="cpu", choices=presets,
-                       help="the method's configuration preset (default: cpu)")
+    train.add_argument("--preset", choices=presets,
+                       help="the method's configuration preset (default: finetune with --init, else cpu; "
+                            "finetune alone starts from the bundled model)")
     train.add_argument("--steps", type=int, help="total training steps")
     train.add_argument("--crop", type=int, help="crop size in pixels (multiple of 4)")
     train.add_argument("--batch-size", type=int, help="images per step and process (under torchrun, per GPU)")
@@ -173,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     train.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out")
     train.add_argument("--init", help="start from the weights of this run, checkpoint or .safetensors file, or "
-                                      "\"default\" (the bundled model); its network is kept")
+                                      "\"default\" (the bundled model); its network is kept (finetuning)")
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
     add_run_arguments(train)  # --config, --until, --log-every, --check-sync: as training/train.py

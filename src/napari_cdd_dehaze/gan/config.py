@@ -64,6 +64,8 @@ class TrainConfig:
     batch_size: int = _field("data", 1, resumable=True)  # per process: a run can move to another number of them
     # optimisation
     steps: int = _field("optimisation", 400_000, resumable=True)
+    # wall-clock budget of training, over all resumes (checkpoints and waiting excluded); 0: none, ``steps`` only
+    minutes: float = _field("optimisation", 0.0, resumable=True)
     lr: float = _field("optimisation", 2e-4)
     betas: tuple[float, float] = _field("optimisation", (0.5, 0.999))
     decay_from: float = _field("optimisation", 0.5)  # fraction of steps after which the lr decays linearly to 0
@@ -125,6 +127,7 @@ class TrainConfig:
             (self.load_size == 0 or self.load_size >= self.crop,
              f"load_size ({self.load_size}) must be 0 or at least crop ({self.crop})"),
             (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (self.minutes >= 0, f"minutes must be 0 (no time limit) or positive, got {self.minutes}"),
             (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
             (self.num_patches >= 2, f"num_patches must be at least 2, got {self.num_patches}"),
             (0 <= self.decay_from <= 1, f"decay_from must lie in [0, 1], got {self.decay_from}"),
@@ -243,6 +246,13 @@ PRESETS: dict[str, dict] = {
                     lambda_hazed_clean=16.0, lambda_rehaze_cycle=4.0, lambda_dark_match=4.0,
                     clean_critic_sees="relative", airlight_floor=3),
 }
+# Finetuning a model on a user's two folders for a wall-clock budget (``--init MODEL``; the network is the start
+# model's). The start model's own recipe (for the bundled model, "default": its losses keep the output a
+# scattering-model inversion, so colour cannot drift) at a constant learning rate, so a run stopped by its budget,
+# by the user or at any checkpoint ends at a model as good as its steps, not one waiting for the decay. How it was
+# chosen: docs/training.md ("Finetuning").
+PRESETS["finetune"] = {**PRESETS["default"], "decay_from": 1.0, "steps": 2000, "minutes": 10.0,
+                       "checkpoint_every": 50, "keep_checkpoints": 2}
 
 
 DCD_PRESETS: dict[str, dict] = {
@@ -267,6 +277,8 @@ DCD_PRESETS: dict[str, dict] = {
             "width": 32, "blocks": 6, "crop": 128, "num_patches": 128, "steps": 5000, "disc_width": 32,
             "checkpoint_every": 250, "output": "rain"},
 }
+DCD_PRESETS["finetune"] = {**DCD_PRESETS["cpu"], "decay_from": 1.0, "steps": 2000, "minutes": 10.0,
+                           "checkpoint_every": 50, "keep_checkpoints": 2}
 
 METHOD_PRESETS: dict[str, dict[str, dict]] = {"cdd-gan": PRESETS, "dcd-gan": DCD_PRESETS}
 

@@ -51,6 +51,7 @@ from .config import RUN_OUTPUTS, TrainConfig
 from .data import ImageFolder, UnpairedBatches
 from .distributed import replicas_from_environment
 from .methods import build_method
+from .run_card import describe_start, write_run_card
 
 # What a resumed run may change: how long and where it runs, and how the restorer composes its output (fields
 # without weights of their own; a run resumed with ``airlight_floor`` trains with the floor from there on, as
@@ -84,6 +85,7 @@ class TrainEvent:
     eta_s: float = float("nan")
     lr: float = 0.0
     checkpoint: Path | None = None
+    trained_s: float = 0.0  # seconds of training so far, over all resumes
 
 
 def _linear_decay(total: int, decay_from: float) -> Callable[[int], float]:
@@ -159,6 +161,7 @@ class Trainer:
             config = self._resumed_config(meta, config)
         if config is None:
             raise ValueError("a config is needed unless resuming")
+        self.start_model = describe_start(init_from, meta)  # what the run's weights started from, for its card
         if str(init_from) == "default":  # the bundled model, by name as everywhere else
             init_from = DEFAULT_WEIGHTS
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
@@ -185,6 +188,7 @@ class Trainer:
                         if config.precision == "fp16" else {})
         self.rng = torch.Generator().manual_seed(config.seed)  # the step's randomness: identical on every rank
         self.step = 0
+        self.trained_s = 0.0  # seconds spent in training steps, over all resumes (what ``minutes`` limits)
         self.last_losses: dict[str, float] = {}
         self._stop = threading.Event()
         if checkpoint is not None:
@@ -215,6 +219,18 @@ class Trainer:
                 callback(event)
         return event
 
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the run has spent its ``minutes`` (never, when that is 0)."""
+        return 0 < self.config.minutes * 60 <= self.trained_s
+
+    def _eta(self, rate: float) -> float:
+        """Seconds left: the steps left at ``rate``, or the time budget left if that ends first."""
+        eta = (self.config.steps - self.step) / rate if rate > 0 else float("inf")
+        if self.config.minutes > 0:
+            eta = min(eta, max(0.0, self.config.minutes * 60 - self.trained_s))
+        return eta
+
     def events(self) -> Iterator[TrainEvent]:
         c, total = self.config, self.config.steps
         self.method.train()
@@ -222,8 +238,14 @@ class Trainer:
         while self.step < total:
             if self.replicas.any(self._stop.is_set(), self.device):  # all ranks stop at the same step
                 self._stop.clear()  # the trainer can be continued later by iterating again
-                yield TrainEvent("stopped", self.step, total, self.last_losses, rate, checkpoint=self.save())
+                yield TrainEvent("stopped", self.step, total, self.last_losses, rate, checkpoint=self.save(),
+                                 trained_s=self.trained_s)
                 return
+            # the budget ends the run as its last step would (resume with more minutes to go on); every rank
+            # ends at the same step, whatever its own clock says
+            if c.minutes > 0 and self.replicas.any(self.out_of_time, self.device):
+                break
+            started = time.perf_counter()
             mine = range(self.global_batch)[self.replicas.batch_slice(c.batch_size)]
             degraded, clean = self.data.samples_at(c.seed, self.step, mine)
             losses = self.method.training_step(degraded.to(self.device), clean.to(self.device), self.optimisers,
@@ -233,16 +255,18 @@ class Trainer:
                 scheduler.step()
             self.step += 1
             now = time.perf_counter()
+            self.trained_s += now - started
             instant = 1.0 / max(now - last_time, 1e-9)
             rate = instant if rate == 0.0 else 0.9 * rate + 0.1 * instant
             last_time = now
             lr = self.optimisers["generators"].param_groups[0]["lr"]
             self.last_losses = losses
-            yield TrainEvent("step", self.step, total, losses, rate, (total - self.step) / rate, lr)
+            yield TrainEvent("step", self.step, total, losses, rate, self._eta(rate), lr, trained_s=self.trained_s)
             if self.step % c.checkpoint_every == 0 and self.step < total:
-                yield TrainEvent("checkpoint", self.step, total, losses, rate, checkpoint=self.save())
+                yield TrainEvent("checkpoint", self.step, total, losses, rate, checkpoint=self.save(),
+                                 trained_s=self.trained_s)
         yield TrainEvent("finished", self.step, total, self.last_losses, rate, 0.0,
-                         checkpoint=self.save())
+                         checkpoint=self.save(), trained_s=self.trained_s)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
@@ -255,7 +279,8 @@ class Trainer:
         path = checkpoint_path(self.run_dir, self.step)
         if self.is_main:
             meta = {"method": c.method, "config": c.to_dict(), "losses": self.last_losses,
-                    "world_size": self.replicas.world_size, "global_batch": self.global_batch}
+                    "world_size": self.replicas.world_size, "global_batch": self.global_batch,
+                    "trained_s": round(self.trained_s, 3), "start_model": self.start_model}
             train_state = {
                 "optimisers": {k: v.state_dict() for k, v in self.optimisers.items()},
                 "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
@@ -266,9 +291,24 @@ class Trainer:
             path = save_checkpoint(self.run_dir, self.step, self.method, meta, train_state, c.keep_checkpoints)
             save_restorer(self.run_dir / RESTORER_FILE, self.method.shipped_restorer(),
                           {"method": c.method, "step": self.step, "checkpoint": path.name,
-                           "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": __version__})
+                           "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "version": __version__,
+                           "start_model": self.start_model, "trained_s": round(self.trained_s, 1)})
+            write_run_card(self.run_dir, self._card())
         self.replicas.barrier()
         return path
+
+    def _card(self) -> dict:
+        """The facts of :mod:`.run_card`'s model card for the state just saved."""
+        c = self.config
+        return {"name": self.run_dir.resolve().name, "run_dir": str(self.run_dir), "method": c.method,
+                "version": __version__, "start_model": self.start_model,
+                "degraded": str(self.data.degraded.folder), "degraded_count": len(self.data.degraded),
+                "clean": str(self.data.clean.folder), "clean_count": len(self.data.clean),
+                "step": self.step, "steps": c.steps, "minutes": c.minutes, "trained_s": self.trained_s,
+                "device": str(self.device), "world_size": self.replicas.world_size, "precision": c.precision,
+                "width": c.width, "blocks": c.blocks, "output": c.output, "crop": c.crop,
+                "load": f" of images shrunk to {c.load_size} px" if c.load_size else "",
+                "global_batch": self.global_batch, "lr": c.lr, "saved_at": time.strftime("%Y-%m-%d %H:%M %Z")}
 
     def replicas_identical(self) -> bool:
         """Whether every rank holds bit-identical weights and buffers (all networks, momentum heads, EMA).
@@ -305,6 +345,7 @@ class Trainer:
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"{checkpoint}: training state does not fit this run ({exc})") from exc
         self.step = int(meta["step"])
+        self.trained_s = float(meta.get("trained_s", 0.0))  # absent in runs saved before the time budget existed
         saved_batch = int(meta.get("global_batch", TrainConfig.from_dict(meta["config"]).batch_size))
         if saved_batch != self.global_batch and self.is_main:
             warnings.warn(f"resuming a run trained with a global batch of {saved_batch} with a global batch of "

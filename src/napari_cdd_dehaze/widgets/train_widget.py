@@ -58,14 +58,20 @@ class TrainWidget(Container):
                                 tooltip="checkpoints and restorer.safetensors are written here")
         self.method = ComboBox(label="method", choices=[("CDD-GAN (dehazing)", "cdd-gan"),
                                                         ("DCD-GAN (deraining)", "dcd-gan")], value="cdd-gan")
+        self.start_from = ComboBox(label="start from", choices=self._start_choices,
+                                   tooltip="finetune a model on your folders (minutes), or train one from scratch "
+                                           "(hours)")
+        self.init_file = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.preset = ComboBox(label="preset", choices=lambda _: sorted(METHOD_PRESETS[self.method.value]),
-                               value="cpu", tooltip="cpu: width 32, 6 blocks, 128² crops; "
-                                                    "paper: width 64, 9 blocks, 256² crops (the lineage's values)")
+                               value=self._preset_for_start(),
+                               tooltip="finetune: continue the start model for a time budget; "
+                                       "cpu: width 32, 6 blocks, 128² crops; "
+                                       "paper: width 64, 9 blocks, 256² crops (the lineage's values)")
+        self.minutes = FloatSpinBox(label="minutes (0 = steps only)", min=0, max=100_000, step=1,
+                                    tooltip="training stops after this much time (or at 'steps', if first)")
         self.steps = SpinBox(label="steps", min=1, max=10_000_000, step=100)
         self.crop = SpinBox(label="crop size", min=32, max=1024, step=16)
         self.lr = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5)
-        self.start_from = ComboBox(label="start from", choices=self._start_choices)
-        self.init_file = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
         self.preview_layer = ComboBox(label="preview on", choices=lambda _: image_layer_choices(self.viewer),
                                       nullable=True,
@@ -77,16 +83,17 @@ class TrainWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1)
         self.status = Label(value="")
         self.plot = LossPlot()
-        self.extend([self.degraded, self.clean, self.run_dir, self.method, self.preset, self.steps, self.crop, self.lr,
-                     self.start_from, self.init_file, self.device, self.preview_layer, self.preview_every,
+        self.extend([self.degraded, self.clean, self.run_dir, self.method, self.start_from, self.init_file,
+                     self.preset, self.minutes, self.steps, self.crop, self.lr, self.device, self.preview_layer,
+                     self.preview_every,
                      Container(widgets=[self.start_button, self.resume_button], layout="horizontal", labels=False),
                      self.progress, self.status])
         self.native.layout().addWidget(self.plot)
 
         self._apply_preset()
         self.preset.changed.connect(self._apply_preset)
-        self.method.changed.connect(self._apply_preset)
-        self.start_from.changed.connect(lambda: setattr(self.init_file, "visible", self.start_from.value == "file"))
+        self.method.changed.connect(self._method_changed)
+        self.start_from.changed.connect(self._start_changed)
         self.start_button.changed.connect(self._start_or_stop)
         self.resume_button.changed.connect(lambda: self._start(resume=True))
         # napari calls reset_choices() of a docked magicgui widget whenever layers change
@@ -101,14 +108,38 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ form
     def _start_choices(self, _widget=None) -> list[tuple[str, str]]:
-        choices = [("scratch", "scratch")]
-        if default_model_available():
+        """Finetuning the bundled dehazer comes first (what a user with one small folder wants); it does not
+        start a deraining run."""
+        choices = []
+        method = getattr(self, "method", None)
+        if default_model_available() and (method is None or method.value == "cdd-gan"):
             choices.append(("bundled default (finetune)", "default"))
-        return choices + [("model or checkpoint file…", "file")]
+        return choices + [("model or checkpoint file… (finetune)", "file"), ("scratch", "scratch")]
+
+    def _preset_for_start(self) -> str:
+        return "cpu" if self.start_from.value == "scratch" else "finetune"
+
+    def _method_changed(self) -> None:
+        self.start_from.reset_choices()
+        if self.start_from.value != "default" and "default" not in [v for _, v in self._start_choices()]:
+            self.start_from.value = "scratch"  # no bundled model of this method: a file is the user's choice only
+        elif "default" in [v for _, v in self._start_choices()]:
+            self.start_from.value = "default"
+        self.preset.reset_choices()
+        self._start_changed()
+
+    def _start_changed(self) -> None:
+        self.init_file.visible = self.start_from.value == "file"
+        wanted = self._preset_for_start()
+        if self.preset.value != wanted:
+            self.preset.value = wanted  # applies it
+        else:
+            self._apply_preset()
 
     def _apply_preset(self) -> None:
         values = preset(self.preset.value, method=self.method.value)
         self.steps.value, self.crop.value, self.lr.value = values.steps, values.crop, values.lr
+        self.minutes.value = values.minutes
 
     # ------------------------------------------------------------------ start / stop
     def _start_or_stop(self) -> None:
@@ -140,7 +171,8 @@ class TrainWidget(Container):
                 notify_error("Choose the model or checkpoint file (.safetensors) to start from.")
                 return
         settings = {"method": self.method.value, "preset_name": self.preset.value, "steps": self.steps.value,
-                    "crop": self.crop.value, "lr": self.lr.value, "device": self.device.value}
+                    "minutes": self.minutes.value, "crop": self.crop.value, "lr": self.lr.value,
+                    "device": self.device.value}
         preview_source = self._preview_source()
         self.worker = make_worker(_train_events, degraded, clean, run_dir, resume, init, settings, preview_source,
                                   self.preview_every.value, error_prefix="Training failed")
@@ -175,7 +207,7 @@ class TrainWidget(Container):
             if self._stop_requested:
                 self.trainer.request_stop()
             c = self.trainer.config
-            self.progress.max, self.progress.value = c.steps, self.trainer.step
+            self._set_progress(self.trainer.step, c.steps, self.trainer.trained_s)
             self.status.value = (f"training {c.method} (width {c.width}, {c.blocks} blocks, crop {c.crop}) on "
                                  f"{self.trainer.device} from step {self.trainer.step}")
         elif kind == "preview":
@@ -183,12 +215,20 @@ class TrainWidget(Container):
         else:
             self._show_event(payload)
 
+    def _set_progress(self, step: int, total: int, trained_s: float) -> None:
+        """Steps done, or seconds of the time budget spent when the run has one (whichever ends it first)."""
+        budget = round(self.trainer.config.minutes * 60) if self.trainer is not None else 0
+        if budget > 0 and (step == 0 or trained_s / budget > step / total):
+            self.progress.max, self.progress.value = budget, min(budget, round(trained_s))
+        else:
+            self.progress.max, self.progress.value = total, step
+
     def _show_event(self, event) -> None:
-        self.progress.max, self.progress.value = event.total, event.step
+        self._set_progress(event.step, event.total, event.trained_s)
         if event.kind == "step":
             self.plot.add(event.step, event.losses)
             self.status.value = (f"step {event.step}/{event.total} · {event.steps_per_s:.2f} steps/s · "
-                                 f"ETA {format_seconds(event.eta_s)}")
+                                 f"{format_seconds(event.trained_s)} trained · ETA {format_seconds(event.eta_s)}")
             return
         self.plot.flush()
         if event.kind == "checkpoint":
@@ -238,13 +278,17 @@ def _train_events(degraded: Path, clean: Path, run_dir: Path, resume: bool, init
     from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     if resume:
-        config = resume_config(run_dir, steps=settings["steps"], device=settings["device"])
+        config = resume_config(run_dir, steps=settings["steps"], minutes=settings["minutes"],
+                               device=settings["device"])
     else:
         config = preset(settings["preset_name"], method=settings["method"], steps=settings["steps"],
-                        crop=settings["crop"], lr=settings["lr"], device=settings["device"])
+                        minutes=settings["minutes"], crop=settings["crop"], lr=settings["lr"],
+                        device=settings["device"])
     trainer = Trainer(config, degraded, clean, run_dir, resume=resume, init_from=init)
     if resume and trainer.step >= config.steps:
         raise ValueError(f"the run is already at step {trainer.step}; raise 'steps' above it to continue")
+    if resume and trainer.out_of_time:
+        raise ValueError(f"the run has used its {config.minutes:g} minutes; raise 'minutes' to continue")
     yield "ready", trainer
 
     def preview() -> np.ndarray:

@@ -116,3 +116,51 @@ def test_unpaired_batches_are_seeded_and_in_network_range(unpaired_folders):
     assert x1.shape == y1.shape == (2, 3, 32, 32)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
     assert x1.min() >= -1 and x1.max() <= 1
+
+
+@pytest.mark.parametrize("layout", [dict(tile=(64, 48)), dict(rowsperstrip=37),
+                                    dict(rowsperstrip=50, planarconfig="separate")])
+def test_tiff_windows_read_exactly_the_pixels_under_a_window(tmp_path, layout):
+    import tifffile
+
+    from napari_cdd_dehaze.io.tiff_windows import TiffWindows
+
+    image = np.random.default_rng(1).integers(0, 65535, (301, 257, 3), dtype=np.uint16)
+    stored = np.moveaxis(image, -1, 0) if layout.get("planarconfig") == "separate" else image
+    tifffile.imwrite(tmp_path / "scene.tif", stored, photometric="rgb", compression="zlib", **layout)
+    with TiffWindows(tmp_path / "scene.tif") as reader:
+        assert reader.shape == image.shape and reader.dtype == np.uint16
+        for top, left, h, w in [(0, 0, 301, 257), (63, 47, 2, 2), (100, 30, 120, 99), (300, 256, 1, 1)]:
+            np.testing.assert_array_equal(reader.read(top, left, h, w), image[top:top + h, left:left + w])
+        blocks = image[:300, :256].astype(np.float64).reshape(75, 4, 64, 4, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(reader.overview(4, max_elements=5000), blocks, rtol=1e-6)
+        with pytest.raises(ValueError, match="outside"):
+            reader.read(290, 0, 20, 10)
+
+
+def test_a_large_tiff_is_cropped_by_windows_and_never_read_whole(tmp_path, monkeypatch):
+    import tifffile
+
+    from napari_cdd_dehaze.gan import data
+
+    scene = np.random.default_rng(2).integers(0, 255, (640, 512, 3), dtype=np.uint8)
+    (tmp_path / "big").mkdir()
+    tifffile.imwrite(tmp_path / "big" / "scene.tif", scene, tile=(128, 128), compression="zlib")
+    write_image(tmp_path / "big" / "small.png", scene[:64, :64])
+    full = torch.from_numpy(to_channels(scene / 255.0, 3).astype(np.float32))
+
+    whole_reads = []
+    real_read = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda path, **kw: whole_reads.append(path) or real_read(path, **kw))
+    folder = ImageFolder(tmp_path / "big", windowed_bytes=100_000)
+    assert [p.name for p in folder.windowed] == ["scene.tif"] and len(folder) == 2
+    index = [p.name for p in folder.files].index("scene.tif")
+    for seed in range(3):  # at full resolution: the very crop (and flip) random_crop makes of the whole image
+        got = folder.crop(index, 96, 0, torch.Generator().manual_seed(seed))
+        want = random_crop(full, 96, 0, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    # shrunk to a load size: from a copy block-averaged once, close to shrinking the whole image
+    got = folder.crop(index, 96, 128, torch.Generator().manual_seed(0))
+    want = random_crop(full, 96, 128, torch.Generator().manual_seed(0))
+    assert got.shape == want.shape == (3, 96, 96) and float((got - want).abs().mean()) < 0.02
+    assert all(p.name != "scene.tif" for p in whole_reads)

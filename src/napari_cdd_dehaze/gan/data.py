@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_cdd_dehaze.io.image_files import IMAGE_SUFFIXES, ImageReadError, IntensityMap, read_image, to_channels
+from napari_cdd_dehaze.io.tiff_windows import TiffWindows
+
+# A TIFF whose first image decodes to more than this is never read whole: crops are read by windows, and shrunk
+# copies (``load_size``) are built band by band.
+WINDOWED_BYTES = 256 << 20
 
 
 class DataError(ValueError):
@@ -42,21 +47,32 @@ class ImageFolder:
     image is a :class:`DataError`. Images are converted to the model's channel count (grey repeated,
     alpha dropped) and to [0, 1] by their dtype's range. The cache keeps decoded images in their
     stored dtype up to ``cache_bytes``; later images are decoded again on every use.
+
+    TIFFs larger than ``windowed_bytes`` decoded are never read whole (:mod:`~napari_cdd_dehaze.io.tiff_windows`):
+    only their header is checked up front, a crop reads the strips or tiles under it, and with ``load_size`` the
+    image is shrunk once, band by band, and the shrunk copy kept.
     """
 
-    def __init__(self, folder: str | Path, channels: int = 3, cache_bytes: int = 2 << 30) -> None:
+    def __init__(self, folder: str | Path, channels: int = 3, cache_bytes: int = 2 << 30,
+                 windowed_bytes: int = WINDOWED_BYTES) -> None:
         self.folder, self.channels = Path(folder), channels
         self._cache: dict[int, np.ndarray] = {}
         self._cache_left = cache_bytes
+        self._windowed: dict[int, TiffWindows] = {}
+        self._shrunk: dict[tuple[int, int], torch.Tensor] = {}
+        self._ranges: dict[int, IntensityMap] = {}
         self.files: list[Path] = []
         skipped: list[str] = []
         for path in list_images(self.folder):
             try:
-                array = self._load_plane(path)
+                reader = self._windowed_reader(path, windowed_bytes)
+                if reader is not None:
+                    self._windowed[len(self.files)] = reader
+                else:
+                    self._remember(len(self.files), self._load_plane(path))
             except ImageReadError as exc:  # its message starts with the file's path
                 skipped.append(str(exc))
                 continue
-            self._remember(len(self.files), array)
             self.files.append(path)
         if skipped:
             warnings.warn(f"skipped {len(skipped)} unreadable file(s) in {self.folder}: " + "; ".join(skipped),
@@ -66,6 +82,22 @@ class ImageFolder:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def windowed(self) -> list[Path]:
+        """The files read by windows."""
+        return [self.files[i] for i in sorted(self._windowed)]
+
+    def _windowed_reader(self, path: Path, limit: int) -> TiffWindows | None:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            return None
+        reader = TiffWindows(path)
+        if reader.nbytes <= limit:
+            reader.close()
+            return None
+        if min(reader.height, reader.width) < 4:
+            raise ImageReadError(f"{path}: image of {reader.width}×{reader.height} pixels is too small")
+        return reader
 
     def _load_plane(self, path: Path) -> np.ndarray:
         array = read_image(path)
@@ -83,12 +115,49 @@ class ImageFolder:
             self._cache_left -= array.nbytes
 
     def image(self, index: int) -> torch.Tensor:
-        """Image ``index`` as a float tensor (channels, H, W) in [0, 1]."""
+        """Image ``index`` as a float tensor (channels, H, W) in [0, 1] (not for files read by windows)."""
+        if index in self._windowed:
+            raise ValueError(f"{self.files[index]} is read by windows, not whole")
         array = self._cache.get(index)
         if array is None:
             array = self._load_plane(self.files[index])
         unit = IntensityMap.for_array(array).to_unit(array)
         return torch.from_numpy(to_channels(unit, self.channels))
+
+    def crop(self, index: int, crop: int, load_size: int, generator: torch.Generator) -> torch.Tensor:
+        """A random crop of image ``index`` as :func:`random_crop` makes it, drawing the same random numbers."""
+        reader = self._windowed.get(index)
+        if reader is None:
+            return random_crop(self.image(index), crop, load_size, generator)
+        if load_size > 0 or min(reader.height, reader.width) < crop:  # resized: crop the copy shrunk once
+            return random_crop(self._shrunk_copy(index, max(load_size, crop)), crop, load_size, generator)
+        top = int(torch.randint(0, reader.height - crop + 1, (1,), generator=generator))
+        left = int(torch.randint(0, reader.width - crop + 1, (1,), generator=generator))
+        values = self._range(index).to_unit(reader.read(top, left, crop, crop))
+        window = torch.from_numpy(to_channels(values, self.channels))
+        if bool(torch.randint(0, 2, (1,), generator=generator)):
+            window = window.flip(-1)
+        return window
+
+    def _range(self, index: int) -> IntensityMap:
+        """A windowed file's intensity map: its dtype's range, or a float image's range on a shrunk copy."""
+        if index not in self._ranges:
+            reader = self._windowed[index]
+            sample = np.zeros(1, reader.dtype)
+            if np.issubdtype(reader.dtype, np.floating):
+                sample = reader.overview(max(1, min(reader.height, reader.width) // 1024)).astype(reader.dtype)
+            self._ranges[index] = IntensityMap.for_array(sample)
+        return self._ranges[index]
+
+    def _shrunk_copy(self, index: int, short_side: int) -> torch.Tensor:
+        """Image ``index`` block-averaged to about twice ``short_side`` (random_crop's antialiased resize does the
+        rest), built once, band by band."""
+        reader = self._windowed[index]
+        factor = max(1, min(reader.height, reader.width) // (2 * short_side))
+        if (index, factor) not in self._shrunk:
+            unit = self._range(index).to_unit(reader.overview(factor))
+            self._shrunk[index, factor] = torch.from_numpy(to_channels(unit, self.channels))
+        return self._shrunk[index, factor]
 
 
 def random_crop(image: torch.Tensor, crop: int, load_size: int, generator: torch.Generator,
@@ -151,4 +220,4 @@ class UnpairedBatches:
 
     def _one(self, folder: ImageFolder, generator: torch.Generator) -> torch.Tensor:
         index = int(torch.randint(0, len(folder), (1,), generator=generator))
-        return random_crop(folder.image(index), self.crop, self.load_size, generator)
+        return folder.crop(index, self.crop, self.load_size, generator)

@@ -197,9 +197,20 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("bench_finetune_out"))
     parser.add_argument("--make-micrographs", type=Path, metavar="DIR", help="write the micrograph domain and stop")
+    parser.add_argument("--plot", nargs="+", type=Path, metavar="RESULTS_JSON",
+                        help="draw the results of earlier runs in one quality.png (and table.md) in --out, and stop")
     args = parser.parse_args()
     if args.make_micrographs:
         print(json.dumps(make_micrograph_domain(args.make_micrographs), indent=1))
+        return 0
+    if args.plot:
+        merged = {}
+        for path in args.plot:
+            merged |= json.loads(path.read_text())["results"]
+        args.out.mkdir(parents=True, exist_ok=True)
+        tables = [markdown(name, r["table"], r["snapshots"]) for name, r in merged.items()]
+        (args.out / "table.md").write_text("\n".join(tables))
+        plot(merged, args.out / "quality.png")
         return 0
     if not args.domain:
         parser.error("give --domain (or --make-micrographs)")

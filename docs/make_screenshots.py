@@ -1,8 +1,9 @@
 """Screenshots of both widgets in use, from a real napari viewer, for the README.
 
 Run on a display or a virtual one:  xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
-It restores the hazy sample with ``--model`` (default: the dark channel prior, which needs no training), trains
-the cpu preset for ``--steps`` steps on synthetic demo folders with a live preview, and writes
+It restores the hazy sample with ``--model`` (default: the dark channel prior, which needs no training), finetunes
+the bundled model as the Train widget opens (finetune preset) for ``--steps`` steps on synthetic demo folders with
+a live preview, and writes
 docs/restore_widget.png and docs/train_widget.png.
 """
 from __future__ import annotations
@@ -67,10 +68,10 @@ def main() -> None:
         folders = write_demo_folders(Path(tmp) / "demo")
         train.degraded.value, train.clean.value = folders["degraded"], folders["clean"]
         train.run_dir.value = Path(tmp) / "run"
-        train.steps.value, train.preview_every.value = 2000, 5
+        train.preview_every.value = 5  # every other setting as the widget opens: finetune the bundled model
         train.preview_layer.value = hazy
         train.start_button.changed.emit(True)
-        wait(lambda: train.progress.value >= args.steps, 1800)
+        wait(lambda: train.trainer is not None and train.trainer.step >= args.steps, 1800)
         settle(2)
         imsave(HERE / "train_widget.png", viewer.screenshot(canvas_only=False, flash=False), check_contrast=False)
         train.request_stop()

@@ -225,7 +225,8 @@ def test_finetune_the_bundled_model_for_a_time_budget_then_extend_it(unpaired_fo
     resumed = read_meta(latest_checkpoint(run))
     assert resumed["step"] > first and resumed["trained_s"] >= budget * 60
     assert resumed["start_model"].startswith("default")
-    assert f"time budget: {budget:g} min" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"time budget: {budget:g} min" in err and f"(time budget of {budget:g} min reached)" in err
 
 
 def test_the_finetune_preset_starts_from_the_bundled_model_or_says_what_it_needs(unpaired_folders, tmp_path, capsys):

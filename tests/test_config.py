@@ -22,8 +22,8 @@ def test_every_field_has_one_concern_and_the_generator_fields_are_the_model_and_
 
 
 def test_what_a_resumed_run_may_change_is_declared_at_the_fields():
-    assert set(RUN_CONTROL_FIELDS) == {"steps", "checkpoint_every", "keep_checkpoints", "device", "batch_size",
-                                       "airlight_floor", "guided_upsample"}
+    assert set(RUN_CONTROL_FIELDS) == {"steps", "minutes", "checkpoint_every", "keep_checkpoints", "device",
+                                       "batch_size", "airlight_floor", "guided_upsample"}
 
 
 def test_the_generators_of_a_run_take_its_fields_and_the_degrader_no_inference_policy():

@@ -32,6 +32,8 @@ def test_shipped_recipes_are_valid():
             assert TrainConfig.from_dict(recipe) == preset(name, method=method).replace(device="auto")
     default = yaml.safe_load((SCRIPT.parent / "configs" / "default.yaml").read_text())
     assert TrainConfig.from_dict(default) == preset("default")  # the bundled model's recipe, in both places
+    finetune = yaml.safe_load((SCRIPT.parent / "configs" / "finetune.yaml").read_text())
+    assert TrainConfig.from_dict(finetune) == preset("finetune")
     start = yaml.safe_load((SCRIPT.parent / "configs" / "default-start.yaml").read_text())
     assert TrainConfig.from_dict({**default, **start}) == preset("default", airlight_floor=0)  # its stage 1
     smoke = TrainConfig.from_dict(yaml.safe_load((SCRIPT.parent / "configs" / "smoke.yaml").read_text()))

@@ -328,7 +328,9 @@ def run(trainer: Trainer, out: str | Path | None = None, *, until: int | None = 
                     if log_every and event.step % log_every == 0:
                         talk(step_line(event))
                 else:
-                    talk(f"{event.kind} at step {event.step}: {event.checkpoint}")
+                    budget = (f" (time budget of {trainer.config.minutes:g} min reached)"
+                              if event.kind == "finished" and trainer.out_of_time else "")
+                    talk(f"{event.kind} at step {event.step}{budget}: {event.checkpoint}")
                 if progress is not None:
                     progress(event)
         except KeyboardInterrupt:

@@ -87,6 +87,18 @@ def test_two_processes_train_identical_replicas_and_rank_zero_writes_one_checkpo
     assert not list((out / "checkpoints").glob(".*"))  # no temporary folders left behind
 
 
+def test_a_time_budget_ends_every_rank_at_the_same_step(unpaired_folders, tmp_path):
+    """Each rank reads its own clock; they agree on the step the budget ends at, or the run would hang."""
+    recipe = tiny_config(steps=100_000, minutes=0.05, checkpoint_every=100_000, device="cpu").to_dict()
+    out = tmp_path / "run"
+    stdout = _torchrun(2, recipe, unpaired_folders, out, tmp_path, "--check-sync", "1")
+    assert stdout.count("(time budget of 0.05 min reached)") == 1
+    (checkpoint,) = list_checkpoints(out)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    assert 1 <= meta["step"] < 100_000 and meta["trained_s"] >= 3
+    assert f"step {meta['step']}: weights identical on 2 rank(s)" in stdout
+
+
 def test_two_ranks_of_batch_one_are_one_rank_of_batch_two_and_resume_on_one_rank(unpaired_folders, tmp_path):
     recipe = tiny_config(steps=2, checkpoint_every=1, keep_checkpoints=2, batch_size=1, device="cpu").to_dict()
     two = tmp_path / "two"

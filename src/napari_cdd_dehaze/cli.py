@@ -172,6 +172,33 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+
+    from .gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
+    from .models import load_model
+    from .restore.classical import ClassicalDehazer
+
+    try:
+        import onnx  # noqa: F401
+
+        from .export.onnx import export_onnx, parse_size
+    except ImportError as exc:
+        raise ValueError(f"exporting to ONNX needs the onnx extra: pip install \"napari-cdd-dehaze[onnx]\" "
+                         f"({exc})") from exc
+    restorer = load_model(args.model)
+    if isinstance(restorer, ClassicalDehazer):
+        raise ValueError(f"{args.model} is a classical method without a network; export a trained model")
+    file = DEFAULT_WEIGHTS if args.model == "default" else resolve_model_path(args.model)
+    provenance = {**json.loads(read_metadata(file).get("info", "{}") or "{}"), "file": file.name,
+                  "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    name = "default" if args.model == "default" else Path(args.model).resolve().name
+    out = export_onnx(restorer, args.out, parse_size(args.size), args.overlap, name=name, provenance=provenance)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdd-dehaze", description="Unpaired image restoration: CDD-GAN "
                                      "(dehazing) and DCD-GAN (deraining).")
@@ -227,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--estimate-size", type=int, help=ESTIMATE_SIZE_HELP)
     apply.add_argument("--airlight-floor", type=int, help=AIRLIGHT_FLOOR_HELP)
     apply.set_defaults(run=_apply)
+
+    export = sub.add_parser("export", help="write a model as one ONNX graph (onnxruntime, QGIS Deepness)")
+    export.add_argument("--model", default="default", help="run folder, checkpoint, .safetensors file or default")
+    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default onnx)")
+    export.add_argument("--out", required=True, help="file to write, e.g. dehaze.onnx")
+    export.add_argument("--size", metavar="N|H,W", help="fixed input size (default: dynamic for models without a "
+                                                        "working scale, 512 × 512 for the others)")
+    export.add_argument("--overlap", type=int, default=15, help="tile overlap in percent for tiling tools such as "
+                                                                "QGIS Deepness (written in the metadata; default 15)")
+    export.set_defaults(run=_export)
 
     info = sub.add_parser("info", help="what a model is: its network, how it runs, where it comes from")
     info.add_argument("models", nargs="+", help="built-in name (default, dcp, cap) or trained model path")

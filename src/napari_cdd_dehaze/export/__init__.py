@@ -1,0 +1,1 @@
+"""Sharing models with other tools: ONNX (onnxruntime, QGIS Deepness)."""

@@ -344,3 +344,33 @@ def test_a_dask_layer_is_restored_plane_by_plane_into_a_mapped_array(make_napari
     out = viewer.layers["lazy (restored)"].data
     assert isinstance(out, np.memmap) and out.shape == stack.shape and out.dtype == stack.dtype
     assert np.abs(out.astype(int) - restore_array(load(model_file), np.asarray(stack))).max() <= 1
+
+
+def test_a_model_finetuned_in_the_viewer_exports_from_the_button(make_napari_viewer, qtbot, unpaired_folders,
+                                                                  tmp_path, notifications):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    degraded, clean = unpaired_folders
+    viewer = make_napari_viewer()
+    train = dock(viewer, "Train / finetune")
+    restore = dock(viewer, "Restore")
+    train.export_row.button.changed.emit(True)  # nothing trained yet: said, not raised
+    assert "Nothing to export yet" in str(notifications[-1].message)
+    train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, tmp_path / "run"
+    train.steps.value, train.device.value = 2, "cpu"
+    train.start_button.changed.emit(True)
+    wait_idle(qtbot, train, 300_000)
+    train.export_row.path.value = tmp_path / "finetuned.onnx"
+    train.export_row.button.changed.emit(True)
+    qtbot.waitUntil(lambda: train.export_row.worker is None, timeout=120_000)
+    assert "Exported the model" in str(notifications[-1].message)
+    session = onnxruntime.InferenceSession(str(tmp_path / "finetuned.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": np.random.default_rng(0).random((1, 3, 512, 512), dtype=np.float32)})[0]
+    assert out.shape == (1, 3, 512, 512) and 0 <= out.min() and out.max() <= 1
+    # the Restore widget exports its chosen model; a classical method has nothing to export, said in a notification
+    restore.model.value = "dcp"
+    restore.export_row.path.value = tmp_path / "dcp.onnx"
+    restore.export_row.button.changed.emit(True)
+    qtbot.waitUntil(lambda: restore.export_row.worker is None, timeout=60_000)
+    assert "Export failed" in str(notifications[-1].message) and "classical" in str(notifications[-1].message)
+    assert not (tmp_path / "dcp.onnx").exists()

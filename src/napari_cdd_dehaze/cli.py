@@ -173,28 +173,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import hashlib
-    import json
-
-    from .gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
-    from .models import load_model
-    from .restore.classical import ClassicalDehazer
-
     try:
         import onnx  # noqa: F401
 
-        from .export.onnx import export_onnx, parse_size
+        from .export.onnx import export_model, parse_size
     except ImportError as exc:
         raise ValueError(f"exporting to ONNX needs the onnx extra: pip install \"napari-cdd-dehaze[onnx]\" "
                          f"({exc})") from exc
-    restorer = load_model(args.model)
-    if isinstance(restorer, ClassicalDehazer):
-        raise ValueError(f"{args.model} is a classical method without a network; export a trained model")
-    file = DEFAULT_WEIGHTS if args.model == "default" else resolve_model_path(args.model)
-    provenance = {**json.loads(read_metadata(file).get("info", "{}") or "{}"), "file": file.name,
-                  "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
-    name = "default" if args.model == "default" else Path(args.model).resolve().name
-    out = export_onnx(restorer, args.out, parse_size(args.size), args.overlap, name=name, provenance=provenance)
+    out = export_model(args.model, args.out, parse_size(args.size), args.overlap)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -131,6 +131,26 @@ def export_onnx(generator: ResnetGenerator, out: str | Path, size: tuple[int, in
     return out
 
 
+def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None = None,
+                 overlap_percent: int = DEFAULT_OVERLAP_PERCENT) -> Path:
+    """Export the model named by ``spec`` (``default``, a run folder, a checkpoint or a ``.safetensors`` file) to
+    ``out``, with its file's provenance (training info, file name, SHA-256); what the CLI and the widgets call."""
+    import hashlib
+
+    from napari_cdd_dehaze.gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
+    from napari_cdd_dehaze.models import load_model
+    from napari_cdd_dehaze.restore.classical import ClassicalDehazer
+
+    restorer = load_model(spec)
+    if isinstance(restorer, ClassicalDehazer):
+        raise ExportError(f"{spec} is a classical method without a network; export a trained model")
+    file = DEFAULT_WEIGHTS if str(spec) == "default" else resolve_model_path(spec)
+    provenance = {**json.loads(read_metadata(file).get("info", "{}") or "{}"), "file": file.name,
+                  "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
+    name = "default" if str(spec) == "default" else Path(spec).resolve().name
+    return export_onnx(restorer, out, size, overlap_percent, name=name, provenance=provenance)
+
+
 def run_onnx(path: str | Path, image: np.ndarray) -> np.ndarray:
     """Restore ``image`` (H, W, C) float in [0, 1] with an exported file through onnxruntime (CPU); (H, W, C) out."""
     import onnxruntime

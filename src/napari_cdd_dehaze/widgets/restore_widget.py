@@ -12,6 +12,7 @@ from qtpy.QtCore import QTimer
 from napari_cdd_dehaze.imaging.devices import available_devices
 
 from .common import default_model_available, image_layer_choices, make_worker, notify_error, run_label
+from .export_row import ExportRow
 from .trained_models import TRAINED_MODELS
 
 if TYPE_CHECKING:
@@ -58,8 +59,10 @@ class RestoreWidget(Container):
         self.run_button = PushButton(text="Restore")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
+        self.export_row = ExportRow(self._chosen_model)
         self.extend([self.source, self.image, self.bands, self.in_folder, self.out_folder, self.overwrite, self.model,
-                     self.checkpoint, self.device, self.tile, self.run_button, self.progress, self.status])
+                     self.checkpoint, self.device, self.tile, self.run_button, self.progress, self.status,
+                     self.export_row])
         self.source.changed.connect(self._show_source)
         self.image.changed.connect(self._show_source)
 
@@ -95,6 +98,13 @@ class RestoreWidget(Container):
         for widget in (self.in_folder, self.out_folder, self.overwrite):
             widget.visible = folder
         self.bands.visible = not folder and multiband(self.image.value)
+
+    def _chosen_model(self) -> str | None:
+        """The model box's choice as a spec for :func:`~napari_cdd_dehaze.models.load_model` (None: no file yet)."""
+        if self.model.value == CHECKPOINT_FILE:
+            path = Path(self.checkpoint.value)
+            return str(path) if path.is_file() else None
+        return self.model.value
 
     def _describe_model(self, _value=None) -> None:
         """The chosen model's network, inference policy and provenance as the model box's tooltip."""

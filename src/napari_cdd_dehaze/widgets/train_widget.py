@@ -21,6 +21,7 @@ from .common import (
     notify_error,
     notify_info,
 )
+from .export_row import ExportRow
 from .loss_plot import LossPlot
 from .trained_models import TRAINED_MODELS
 
@@ -89,6 +90,8 @@ class TrainWidget(Container):
                      Container(widgets=[self.start_button, self.resume_button], layout="horizontal", labels=False),
                      self.progress, self.status])
         self.native.layout().addWidget(self.plot)
+        self.export_row = ExportRow(self._trained_model, default_name="finetuned.onnx")
+        self.append(self.export_row)
 
         self._apply_preset()
         self.preset.changed.connect(self._apply_preset)
@@ -105,6 +108,13 @@ class TrainWidget(Container):
         self._closing = False
         self._plotted_run: Path | None = None
         self._preview_origin: tuple | None = None
+
+    def _trained_model(self) -> str | None:
+        """The run folder's model once a run has saved one (None before)."""
+        from napari_cdd_dehaze.gan.checkpoint import RESTORER_FILE
+
+        run_dir = Path(self.run_dir.value)
+        return str(run_dir) if (run_dir / RESTORER_FILE).is_file() else None
 
     # ------------------------------------------------------------------ form
     def _start_choices(self, _widget=None) -> list[tuple[str, str]]:

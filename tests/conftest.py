@@ -107,3 +107,21 @@ def check_inference_field(tmp_path):
         assert not getattr(recipe.generator_config("degrade"), field)
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def isolated_plugin_settings(tmp_path_factory, monkeypatch):
+    """Every test starts from the plugin's default settings, kept in a folder of its own (never the user's):
+    the widgets remember what a test chooses, and the next test must not see it."""
+    import sys
+
+    if "napari" not in sys.modules:  # nothing here reads napari's settings
+        yield None
+        return
+    from napari import settings as napari_settings
+
+    folder = tmp_path_factory.mktemp("napari-settings")
+    napari_settings._clear_plugin_settings_cache()
+    monkeypatch.setattr(napari_settings, "_CFG_PATH", str(folder / "settings.yaml"))
+    yield folder
+    napari_settings._clear_plugin_settings_cache()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +375,36 @@ def test_a_model_finetuned_in_the_viewer_exports_from_the_button(make_napari_vie
     qtbot.waitUntil(lambda: restore.export_row.worker is None, timeout=60_000)
     assert "Export failed" in str(notifications[-1].message) and "classical" in str(notifications[-1].message)
     assert not (tmp_path / "dcp.onnx").exists()
+
+
+def test_settings_persist_between_napari_starts_and_reset_to_defaults(make_napari_viewer, isolated_plugin_settings,
+                                                                     tmp_path, unpaired_folders):
+    from napari import settings as napari_settings
+
+    from napari_cdd_dehaze.widgets.restore_widget import RestoreWidget
+    from napari_cdd_dehaze.widgets.settings import plugin_settings
+    from napari_cdd_dehaze.widgets.train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    restore = dock(viewer, "Restore")
+    assert (restore.device.value, restore.tile.value, restore.precision.value) == ("auto", 0, "auto")
+    settings = plugin_settings()
+    settings.defaults.device, settings.defaults.tile = "cpu", 512   # as napari's Preferences would
+    (tmp_path / "models" / "run-a").mkdir(parents=True)
+    save_restorer(tmp_path / "models" / "run-a" / "restorer.safetensors",
+                  ResnetGenerator(GeneratorConfig(width=8, blocks=2)), {"method": "test"})
+    settings.defaults.model_folder = str(tmp_path / "models")
+    train = TrainWidget(viewer)
+    train.degraded.value, train.minutes.value = unpaired_folders[0], 3  # the user's choices are remembered
+    restore.precision.value = "fp32"
+    # napari starts again: the settings come from the file
+    assert "tile: 512" in settings.config_path.read_text()
+    napari_settings._clear_plugin_settings_cache()
+    reopened, retrained = RestoreWidget(viewer), TrainWidget(viewer)
+    assert (reopened.device.value, reopened.tile.value, reopened.precision.value) == ("cpu", 512, "fp32")
+    assert str(tmp_path / "models" / "run-a") in [value for _, value in reopened._model_choices()]
+    assert Path(retrained.degraded.value) == unpaired_folders[0] and retrained.minutes.value == 3
+    assert Path(retrained.run_dir.value).parent == tmp_path / "models"  # new runs go to the model folder
+    reopened.reset_button.changed.emit(True)
+    assert (reopened.device.value, reopened.tile.value, reopened.precision.value) == ("auto", 0, "auto")
+    assert plugin_settings().defaults.model_folder == "" and plugin_settings().last_used.minutes == 10

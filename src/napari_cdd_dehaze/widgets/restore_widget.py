@@ -11,8 +11,9 @@ from qtpy.QtCore import QTimer
 
 from napari_cdd_dehaze.imaging.devices import available_devices
 
-from .common import default_model_available, image_layer_choices, make_worker, notify_error, run_label
+from .common import default_model_available, image_layer_choices, make_worker, notify_error, notify_info, run_label
 from .export_row import ExportRow
+from .settings import models_in_folder, remember, reset_settings, setting
 from .trained_models import TRAINED_MODELS
 
 if TYPE_CHECKING:
@@ -56,13 +57,19 @@ class RestoreWidget(Container):
                                     "memory). A size runs overlapping tiles that share one set of statistics. "
                                     "A dehazing model with a working scale (the bundled one) estimates the haze "
                                     "on a shrunk copy instead and ignores this.")
+        self.precision = ComboBox(label="precision", choices=["auto", "fp32", "bf16", "fp16"], value="auto",
+                                  tooltip="auto: bf16 for a dehazing model at its working scale on a device that "
+                                          "computes bf16 natively, fp32 elsewhere")
         self.run_button = PushButton(text="Restore")
+        self.reset_button = PushButton(text="Reset settings to defaults",
+                                       tooltip="device, tile, precision, model folder and the remembered choices "
+                                               "of both widgets (napari Preferences lists them too)")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.export_row = ExportRow(self._chosen_model)
         self.extend([self.source, self.image, self.bands, self.in_folder, self.out_folder, self.overwrite, self.model,
-                     self.checkpoint, self.device, self.tile, self.run_button, self.progress, self.status,
-                     self.export_row])
+                     self.checkpoint, self.device, self.tile, self.precision, self.run_button, self.progress,
+                     self.status, self.export_row, self.reset_button])
         self.source.changed.connect(self._show_source)
         self.image.changed.connect(self._show_source)
 
@@ -70,6 +77,12 @@ class RestoreWidget(Container):
         self.model.changed.connect(self._describe_model)
         self.checkpoint.changed.connect(self._describe_model)
         self.run_button.changed.connect(self._run_or_cancel)
+        self._apply_settings()
+        self.device.changed.connect(lambda value: remember("defaults", "device", value))
+        self.tile.changed.connect(lambda value: remember("defaults", "tile", value))
+        self.precision.changed.connect(lambda value: remember("defaults", "precision", value))
+        self.model.changed.connect(lambda value: value != CHECKPOINT_FILE and remember("last_used", "model", value))
+        self.reset_button.changed.connect(self._reset_settings)
         # napari calls reset_choices() of a docked magicgui widget whenever layers change
         TRAINED_MODELS.subscribe(self._refresh_models)
         self.native.destroyed.connect(lambda *_: self._shutdown())
@@ -83,13 +96,34 @@ class RestoreWidget(Container):
         self._describe_model()
         self._show_source()
 
+    # ------------------------------------------------------------------ settings
+    def _apply_settings(self) -> None:
+        """The stored defaults and last choices (napari's plugin settings; see :mod:`.settings`)."""
+        device = setting("defaults", "device", "auto")
+        self.device.value = device if device in self.device.choices else "auto"  # a GPU this machine lacks: auto
+        self.tile.value = setting("defaults", "tile", 0)
+        self.precision.value = setting("defaults", "precision", "auto")
+        self.model.reset_choices()
+        model = setting("last_used", "model", "default")
+        values = [value for _, value in self._model_choices()]
+        if model in values:
+            self.model.value = model
+
+    def _reset_settings(self) -> None:
+        reset_settings()
+        self._apply_settings()
+        notify_info("Settings of napari-cdd-dehaze are back to their defaults.")
+
     # ------------------------------------------------------------------ choices
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_cdd_dehaze.models import BUILTIN_MODELS
 
         choices = [("bundled default", "default")] if default_model_available() else []
         choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in ("default", "identity")]
-        choices += [(run_label(run), str(run)) for run in reversed(TRAINED_MODELS.runs())]
+        trained = list(reversed(TRAINED_MODELS.runs()))
+        choices += [(run_label(run), str(run)) for run in trained]
+        in_folder = models_in_folder(setting("defaults", "model_folder", ""))
+        choices += [(f"model folder: {path.name}", str(path)) for path in in_folder if path.resolve() not in trained]
         return choices + [(CHECKPOINT_FILE, CHECKPOINT_FILE)]
 
     def _show_source(self, _value=None) -> None:
@@ -119,7 +153,7 @@ class RestoreWidget(Container):
     def _refresh_models(self) -> None:
         self.model.reset_choices()
         runs = TRAINED_MODELS.runs()
-        if runs:  # the model just trained is what the user most likely wants next
+        if runs and str(runs[-1]) in self.model.choices:  # the model just trained is what the user wants next
             self.model.value = str(runs[-1])
 
     # ------------------------------------------------------------------ running
@@ -156,7 +190,8 @@ class RestoreWidget(Container):
         if not jobs:
             notify_error(f"No PNG, JPEG or TIFF files in {source}.")
             return
-        options = RestoreOptions(device=self.device.value, tile=self.tile.value or None)
+        options = RestoreOptions(device=self.device.value, tile=self.tile.value or None,
+                                 precision=self.precision.value)
 
         def restore():
             from napari_cdd_dehaze.models import load_model
@@ -194,7 +229,8 @@ class RestoreWidget(Container):
         if bands is not None:
             channel_axis = 0  # a multiband layer holds its bands first
         options = RestoreOptions(device=self.device.value, tile=self.tile.value or None,
-                                 progress=self._record_progress, should_stop=lambda: self._cancel)
+                                 precision=self.precision.value, progress=self._record_progress,
+                                 should_stop=lambda: self._cancel)
 
         def restore():
             from napari_cdd_dehaze.models import load_model

@@ -23,6 +23,7 @@ from .common import (
 )
 from .export_row import ExportRow
 from .loss_plot import LossPlot
+from .settings import remember, setting
 from .trained_models import TRAINED_MODELS
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ class TrainWidget(Container):
         self.viewer = viewer
         self.degraded = FileEdit(label="degraded images", mode="d", tooltip="folder of degraded (e.g. hazy) images")
         self.clean = FileEdit(label="clean images", mode="d", tooltip="folder of clean images of other scenes")
-        self.run_dir = FileEdit(label="run folder", mode="d",
-                                value=Path.home() / "cdd-dehaze-runs" / time.strftime("run-%Y%m%d-%H%M%S"),
+        runs = Path(setting("defaults", "model_folder", "") or Path.home() / "cdd-dehaze-runs")
+        self.run_dir = FileEdit(label="run folder", mode="d", value=runs / time.strftime("run-%Y%m%d-%H%M%S"),
                                 tooltip="checkpoints and restorer.safetensors are written here")
         self.method = ComboBox(label="method", choices=[("CDD-GAN (dehazing)", "cdd-gan"),
                                                         ("DCD-GAN (deraining)", "dcd-gan")], value="cdd-gan")
@@ -94,6 +95,7 @@ class TrainWidget(Container):
         self.append(self.export_row)
 
         self._apply_preset()
+        self._apply_settings()
         self.preset.changed.connect(self._apply_preset)
         self.method.changed.connect(self._method_changed)
         self.start_from.changed.connect(self._start_changed)
@@ -108,6 +110,20 @@ class TrainWidget(Container):
         self._closing = False
         self._plotted_run: Path | None = None
         self._preview_origin: tuple | None = None
+
+    def _apply_settings(self) -> None:
+        """The stored device and last training folders and minutes; and remember what the user picks next."""
+        device = setting("defaults", "device", "auto")
+        self.device.value = device if device in self.device.choices else "auto"
+        for widget, name in ((self.degraded, "degraded"), (self.clean, "clean")):
+            folder = setting("last_used", name, "")
+            if folder and Path(folder).is_dir():
+                widget.value = folder
+            widget.changed.connect(lambda value, name=name: remember("last_used", name, str(value)))
+        if self.preset.value == "finetune":
+            self.minutes.value = setting("last_used", "minutes", self.minutes.value)
+        self.minutes.changed.connect(lambda value: remember("last_used", "minutes", float(value)))
+        self.device.changed.connect(lambda value: remember("defaults", "device", value))
 
     def _trained_model(self) -> str | None:
         """The run folder's model once a run has saved one (None before)."""
@@ -269,7 +285,7 @@ class TrainWidget(Container):
     def _shutdown(self) -> None:
         """The viewer is closing: stop after the step in flight, let the checkpoint be written, then return."""
         self._closing = True
-        worker = self.worker
+        worker = getattr(self, "worker", None)  # None too when Python has already let go of the widget
         if worker is None:
             return
         self._stop_requested = True

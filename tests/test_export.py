@@ -68,3 +68,22 @@ def test_bad_export_requests_say_what_is_wrong(tmp_path, capsys):
     with pytest.raises(ExportError, match="N or H,W"):
         parse_size("a,b")
     assert parse_size("256") == (256, 256) and parse_size("96,128") == (96, 128)
+
+
+def test_the_bundled_model_as_a_bioimageio_package_passes_bioimageio_core(tmp_path, capsys):
+    core = pytest.importorskip("bioimageio.core")
+    out = tmp_path / "default.zip"
+    assert main(["export", "--model", "default", "--format", "bioimageio", "--out", str(out)]) == 0
+    summary = core.test_model(str(out))  # both weight formats reproduce the test output restore_array computed
+    assert summary.status == "passed", summary.format()
+    names = {d.name for d in summary.details}
+    assert {"Reproduce test outputs from test inputs (onnx)",
+            "Reproduce test outputs from test inputs (torchscript)"} <= names
+    import zipfile
+
+    with zipfile.ZipFile(out) as package:
+        files = set(package.namelist())
+        rdf = package.read("rdf.yaml").decode()
+    assert {"rdf.yaml", "weights.pt", "weights.onnx", "test_input.npy", "test_output.npy", "cover.png",
+            "README.md"} <= files
+    assert "arxiv.org/abs/2203.07677" in rdf and "BSD-3-Clause" in rdf

@@ -173,14 +173,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    needs = {"onnx": ("onnx", "onnx"), "bioimageio": ("bioimageio.core", "bioimageio")}[args.format]
     try:
-        import onnx  # noqa: F401
+        import importlib
 
+        importlib.import_module(needs[0])
         from .export.onnx import export_model, parse_size
     except ImportError as exc:
-        raise ValueError(f"exporting to ONNX needs the onnx extra: pip install \"napari-cdd-dehaze[onnx]\" "
-                         f"({exc})") from exc
-    out = export_model(args.model, args.out, parse_size(args.size), args.overlap)
+        raise ValueError(f"exporting to {args.format} needs the {needs[1]} extra: "
+                         f"pip install \"napari-cdd-dehaze[{needs[1]}]\" ({exc})") from exc
+    out = export_model(args.model, args.out, parse_size(args.size), args.overlap, args.format)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -241,12 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--airlight-floor", type=int, help=AIRLIGHT_FLOOR_HELP)
     apply.set_defaults(run=_apply)
 
-    export = sub.add_parser("export", help="write a model as one ONNX graph (onnxruntime, QGIS Deepness)")
+    export = sub.add_parser("export", help="write a model as one ONNX graph (onnxruntime, QGIS Deepness) or a "
+                                           "bioimage.io package (bioimageio.core, deepImageJ, ilastik, QuPath)")
     export.add_argument("--model", default="default", help="run folder, checkpoint, .safetensors file or default")
-    export.add_argument("--format", choices=["onnx"], default="onnx", help="file format (default onnx)")
-    export.add_argument("--out", required=True, help="file to write, e.g. dehaze.onnx")
-    export.add_argument("--size", metavar="N|H,W", help="fixed input size (default: dynamic for models without a "
-                                                        "working scale, 512 × 512 for the others)")
+    export.add_argument("--format", choices=["onnx", "bioimageio"], default="onnx", help="default onnx")
+    export.add_argument("--out", required=True, help="file to write, e.g. dehaze.onnx or dehaze.zip")
+    export.add_argument("--size", metavar="N|H,W", help="fixed input size (ONNX default: dynamic for models without a "
+                                                        "working scale, 512 × 512 for the others; bioimage.io: "
+                                                        "256 × 256)")
     export.add_argument("--overlap", type=int, default=15, help="tile overlap in percent for tiling tools such as "
                                                                 "QGIS Deepness (written in the metadata; default 15)")
     export.set_defaults(run=_export)

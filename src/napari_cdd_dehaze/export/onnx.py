@@ -132,9 +132,10 @@ def export_onnx(generator: ResnetGenerator, out: str | Path, size: tuple[int, in
 
 
 def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None = None,
-                 overlap_percent: int = DEFAULT_OVERLAP_PERCENT) -> Path:
+                 overlap_percent: int = DEFAULT_OVERLAP_PERCENT, file_format: str = "onnx") -> Path:
     """Export the model named by ``spec`` (``default``, a run folder, a checkpoint or a ``.safetensors`` file) to
-    ``out``, with its file's provenance (training info, file name, SHA-256); what the CLI and the widgets call."""
+    ``out`` as ``file_format`` (``onnx``, or ``bioimageio``: a Model Zoo package, :mod:`.bioimageio`), with its
+    file's provenance (training info, file name, SHA-256); what the CLI and the widgets call."""
     import hashlib
 
     from napari_cdd_dehaze.gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
@@ -148,6 +149,13 @@ def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None
     provenance = {**json.loads(read_metadata(file).get("info", "{}") or "{}"), "file": file.name,
                   "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
     name = "default" if str(spec) == "default" else Path(spec).resolve().name
+    if file_format == "bioimageio":
+        from .bioimageio import DEFAULT_SIZE, export_bioimageio
+
+        return export_bioimageio(restorer, out, size or DEFAULT_SIZE, name=f"napari-cdd-dehaze {name}",
+                                 provenance=provenance)
+    if file_format != "onnx":
+        raise ExportError(f"unknown export format {file_format!r} (onnx or bioimageio)")
     return export_onnx(restorer, out, size, overlap_percent, name=name, provenance=provenance)
 
 

@@ -11,20 +11,23 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
 
 from .common import make_worker, notify_error, notify_info
 
-FORMATS = [("ONNX (onnxruntime, QGIS Deepness)", "onnx")]
+FORMATS = [("ONNX (onnxruntime, QGIS Deepness)", "onnx"), ("bioimage.io package (.zip)", "bioimageio")]
+SUFFIXES = {"onnx": ".onnx", "bioimageio": ".zip"}
+NEEDS = {"onnx": ("onnx", "onnx"), "bioimageio": ("bioimageio.core", "bioimageio")}  # module, extra
 
 
 def _export(spec: str, out: Path, file_format: str) -> Path:
     """Runs in the worker: the export, or a one-line reason it cannot be done."""
-    if file_format != "onnx":
-        raise ValueError(f"unknown export format {file_format!r}")
+    import importlib
+
+    module, extra = NEEDS[file_format]
     try:
-        import onnx  # noqa: F401
+        importlib.import_module(module)
     except ImportError as exc:
-        raise ValueError('exporting to ONNX needs the onnx extra: pip install "napari-cdd-dehaze[onnx]"') from exc
+        raise ValueError(f'this export needs the {extra} extra: pip install "napari-cdd-dehaze[{extra}]"') from exc
     from napari_cdd_dehaze.export.onnx import export_model
 
-    return export_model(spec, out)
+    return export_model(spec, out, file_format=file_format)
 
 
 class ExportRow(Container):
@@ -34,7 +37,7 @@ class ExportRow(Container):
         super().__init__(labels=True)
         self.model_spec = model_spec
         self.file_format = ComboBox(label="export as", choices=FORMATS, value="onnx")
-        self.path = FileEdit(label="export to", mode="w", filter="*.onnx", value=Path.home() / default_name)
+        self.path = FileEdit(label="export to", mode="w", filter="*.onnx *.zip", value=Path.home() / default_name)
         self.button = PushButton(text="Export model")
         self.extend([self.file_format, self.path, self.button])
         self.button.changed.connect(self.export)
@@ -49,8 +52,9 @@ class ExportRow(Container):
             notify_error("Nothing to export yet: train a model or choose one first.")
             return
         out = Path(self.path.value)
-        if out.suffix.lower() != ".onnx":
-            out = out.with_suffix(".onnx")
+        suffix = SUFFIXES[self.file_format.value]
+        if out.suffix.lower() != suffix:
+            out = out.with_suffix(suffix)
         self.worker = make_worker(_export, str(spec), out, self.file_format.value, error_prefix="Export failed")
         self.worker.returned.connect(self._done)
         self.worker.finished.connect(self._idle)

@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="file to write, e.g. dehaze.onnx or dehaze.zip")
     export.add_argument("--size", metavar="N|H,W", help="fixed input size (ONNX default: dynamic for models without a "
                                                         "working scale, 512 × 512 for the others; bioimage.io: "
-                                                        "256 × 256)")
+                                                        "512 × 512)")
     export.add_argument("--overlap", type=int, default=15, help="tile overlap in percent for tiling tools such as "
                                                                 "QGIS Deepness (written in the metadata; default 15)")
     export.set_defaults(run=_export)

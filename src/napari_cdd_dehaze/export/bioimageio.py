@@ -21,22 +21,23 @@ from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
 from .onnx import OPSET, ExportError, ImageRestoration, export_onnx
 
-DEFAULT_SIZE = (256, 256)
+DEFAULT_SIZE = (512, 512)
 PACKAGE_URL = "https://pypi.org/project/napari-cdd-dehaze/"  # the package's index page, under its distribution name
 CDD_GAN_PAPER = ("Chen, X., Fan, Z., Li, P., Dai, L., Kong, C., Zheng, Z., Huang, Y., Li, Y. Unpaired Deep Image "
                  "Dehazing Using Contrastive Disentanglement Learning. ECCV 2022.", "https://arxiv.org/abs/2203.07677")
 
 
 def _test_image(channels: int, size: tuple[int, int]) -> np.ndarray:
-    """The sample micrograph under its out-of-focus veil (as napari's File → Open Sample gives it), cropped to
-    ``size``, in [0, 1], as (1, C, H, W) float32."""
+    """The sample micrograph under its out-of-focus veil (as napari's File → Open Sample gives it), its middle
+    ``size`` pixels, in [0, 1], as (1, C, H, W) float32."""
     from napari_cdd_dehaze._sample_data import hazy_microscopy_image
 
     hazy = hazy_microscopy_image()[1][0].astype(np.float32) / 4095
     h, w = size
     if hazy.shape[0] < h or hazy.shape[1] < w:
         raise ExportError(f"a bioimage.io test image of {h} × {w} is larger than the sample ({hazy.shape})")
-    crop = hazy[:h, :w]
+    top, left = (hazy.shape[0] - h) // 2, (hazy.shape[1] - w) // 2  # the middle, where the cell is
+    crop = hazy[top:top + h, left:left + w]
     return np.ascontiguousarray(np.repeat(crop[None, None], channels, axis=1))
 
 

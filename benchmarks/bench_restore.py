@@ -3,7 +3,9 @@
 Each case runs in its own process, so its peak RSS is its own. Images are synthetic (smooth random
 colour fields with noise); speed does not depend on content. Achieved GFLOP/s counts the network's
 convolutions for the image itself (margins and statistics passes are overhead, not useful work) and is
-set against the fp32 and bf16 matrix-multiply rates measured at the start of the same run.
+set against the fp32 and bf16 matrix-multiply rates measured at the start of the same run. Each case also times
+the network's convolutions alone (every distinct shape in isolation, best layout, summed: ``conv_limit_seconds``)
+and prints that limit over the end-to-end time: 1.0 would mean everything but the convolutions is free.
 
     python benchmarks/bench_restore.py --width 32 --blocks 6
     python benchmarks/bench_restore.py --cases 1024-rgb-whole 1024-rgb-tiled
@@ -79,6 +81,59 @@ def conv_flops_per_pixel(generator: torch.nn.Module) -> float:
     return total / 256 ** 2
 
 
+def conv_limit_seconds(generator: torch.nn.Module, side: int, device: str = "cpu",
+                       dtype: torch.dtype | None = None, band_elements: int = 1 << 22) -> float:
+    """The time the network's convolutions alone take on a ``side``² image: this machine's practical limit.
+
+    Each convolution's input shape is recorded on a 256² forward and scaled to ``side``. Every distinct shape is
+    then timed in isolation, in contiguous and in channels-last layout (the faster counts), under autocast to
+    ``dtype`` when given. It is timed on a band of rows of about ``band_elements`` input values and scaled by
+    rows, since a convolution's cost is linear in its output's rows. The sum over the network's convolutions is
+    returned: no normalisation, activation, padding, upsampling or copy is in it.
+    """
+    shapes: list[tuple[torch.nn.Conv2d, tuple[int, int, int]]] = []
+    hooks = [m.register_forward_hook(lambda m, inputs, out: shapes.append((m, tuple(inputs[0].shape[1:]))))
+             for m in generator.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        generator(torch.zeros(1, generator.config.channels, 256, 256))
+    for h in hooks:
+        h.remove()
+    timed: dict[tuple, float] = {}
+    total = 0.0
+    for conv, (channels, h, w) in shapes:
+        height, width = round(h * side / 256), round(w * side / 256)
+        key = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, height, width)
+        if key not in timed:
+            rows = max(conv.kernel_size[0] + conv.stride[0], min(height, band_elements // max(1, channels * width)))
+            x = torch.randn(1, channels, rows, width, device=device)
+            layer = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                    conv.padding).to(device).eval()
+            best = float("inf")
+            for layout in (torch.contiguous_format, torch.channels_last):
+                xl, ll = x.contiguous(memory_format=layout), layer.to(memory_format=layout)
+                best = min(best, _time_call(lambda ll=ll, xl=xl: ll(xl), device, dtype))
+            out_rows = (rows + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+            full_rows = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+            timed[key] = best * full_rows / out_rows
+        total += timed[key]
+    return total
+
+
+def _time_call(call, device: str, dtype: torch.dtype | None, min_seconds: float = 0.2) -> float:
+    """Best time of ``call()`` over repeats that take at least ``min_seconds`` in all (after a warm-up)."""
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+        call()
+        _sync(device)
+        best, spent = float("inf"), 0.0
+        while spent < min_seconds:
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            best, spent = min(best, elapsed), spent + elapsed
+    return best
+
+
 def synthetic_image(side: int, channels: int, dtype: str) -> np.ndarray:
     rng = np.random.default_rng(0)
     coarse = rng.random((side // 64 + 2, side // 64 + 2, channels), dtype=np.float32)
@@ -114,7 +169,10 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
     restore_array(generator, image, options)
     seconds = time.perf_counter() - start
     megapixels = side * side / 1e6  # grey and RGB both take one pass
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    limit = conv_limit_seconds(generator.cpu() if device == "cpu" else generator, side, device, autocast)
     return {"case": case, "width": width, "blocks": blocks, "precision": precision, "seconds": seconds,
+            "conv_limit_s": limit, "of_limit": limit / seconds,
             "mp_per_s": megapixels / seconds, "gflop_per_s": useful / seconds / 1e9,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device,
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
@@ -148,8 +206,9 @@ def main() -> None:
           f"matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s; network width {args.width}, "
           f"{args.blocks} blocks, {args.precision} on {args.device}"
           + "".join(f"; {k}={v}" for k, v in settings.items()))
-    print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | peak RSS MB | peak GPU MB |", flush=True)
-    print("|---|---|---|---|---|---|---|")
+    print("| case | seconds | MP/s | achieved GFLOP/s | of fp32 matmul | conv-only limit s | limit / end-to-end "
+          "| peak RSS MB | peak GPU MB |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     default_cases = [c for c in CASES if (args.device.startswith("cuda") or c not in GPU_ONLY) and c not in SLOW]
     for case in args.cases or default_cases:
@@ -163,7 +222,7 @@ def main() -> None:
         r = json.loads(done.stdout)
         results.append(r)
         print(f"| {case} | {r['seconds']:.1f} | {r['mp_per_s']:.3f} | {r['gflop_per_s']:.0f} | "
-              f"{r['gflop_per_s'] / fp32:.0%} | {r['peak_rss_mb']:.0f} "
+              f"{r['gflop_per_s'] / fp32:.0%} | {r['conv_limit_s']:.1f} | {r['of_limit']:.2f} | {r['peak_rss_mb']:.0f} "
               f"| {'–' if r['peak_gpu_mb'] is None else round(r['peak_gpu_mb'])} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -247,10 +247,9 @@ PRESETS: dict[str, dict] = {
                     clean_critic_sees="relative", airlight_floor=3),
 }
 # Finetuning a model on a user's two folders for a wall-clock budget (``--init MODEL``; the network is the start
-# model's). The start model's own recipe (for the bundled model, "default": its losses keep the output a
-# scattering-model inversion, so colour cannot drift) at a constant learning rate, so a run stopped by its budget,
-# by the user or at any checkpoint ends at a model as good as its steps, not one waiting for the decay. How it was
-# chosen: docs/training.md ("Finetuning").
+# model's). The bundled model's recipe ("default": its losses keep the output a scattering-model inversion, so colour
+# cannot drift) at a constant learning rate, so a run stopped by its budget, by the user or at any checkpoint ends at
+# a model as good as its steps, not one waiting for the decay. How it was chosen: docs/training.md ("Finetuning").
 PRESETS["finetune"] = {**PRESETS["default"], "decay_from": 1.0, "steps": 2000, "minutes": 10.0,
                        "checkpoint_every": 50, "keep_checkpoints": 2}
 

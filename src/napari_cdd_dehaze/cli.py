@@ -173,15 +173,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    needs = {"onnx": ("onnx", "onnx"), "bioimageio": ("bioimageio.core", "bioimageio")}[args.format]
-    try:
-        import importlib
+    from .export.onnx import export_model, parse_size
 
-        importlib.import_module(needs[0])
-        from .export.onnx import export_model, parse_size
-    except ImportError as exc:
-        raise ValueError(f"exporting to {args.format} needs the {needs[1]} extra: "
-                         f"pip install \"napari-cdd-dehaze[{needs[1]}]\" ({exc})") from exc
     out = export_model(args.model, args.out, parse_size(args.size), args.overlap, args.format)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0

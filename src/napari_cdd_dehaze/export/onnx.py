@@ -33,6 +33,8 @@ OPSET = 18
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP_PERCENT = 15  # of the tile, each side: a tile's outer pixels see less context
 INPUT, OUTPUT = "image", "restored"
+# what each export format needs beyond the base install: (module to import, the extra that installs it)
+FORMAT_NEEDS = {"onnx": ("onnx", "onnx"), "bioimageio": ("bioimageio.core", "bioimageio")}
 
 
 class ExportError(ValueError):
@@ -137,11 +139,20 @@ def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None
     ``out`` as ``file_format`` (``onnx``, or ``bioimageio``: a Model Zoo package, :mod:`.bioimageio`), with its
     file's provenance (training info, file name, SHA-256); what the CLI and the widgets call."""
     import hashlib
+    import importlib
 
     from napari_cdd_dehaze.gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
     from napari_cdd_dehaze.models import load_model
     from napari_cdd_dehaze.restore.classical import ClassicalDehazer
 
+    if file_format not in FORMAT_NEEDS:
+        raise ExportError(f"unknown export format {file_format!r} ({' or '.join(FORMAT_NEEDS)})")
+    module, extra = FORMAT_NEEDS[file_format]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ExportError(f"exporting to {file_format} needs the {extra} extra: "
+                          f"pip install \"napari-cdd-dehaze[{extra}]\" ({exc})") from exc
     restorer = load_model(spec)
     if isinstance(restorer, ClassicalDehazer):
         raise ExportError(f"{spec} is a classical method without a network; export a trained model")
@@ -154,8 +165,6 @@ def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None
 
         return export_bioimageio(restorer, out, size or DEFAULT_SIZE, name=f"napari-cdd-dehaze {name}",
                                  provenance=provenance)
-    if file_format != "onnx":
-        raise ExportError(f"unknown export format {file_format!r} (onnx or bioimageio)")
     return export_onnx(restorer, out, size, overlap_percent, name=name, provenance=provenance)
 
 

@@ -32,7 +32,7 @@ def format_duration(seconds: float) -> str:
 
 
 def render_card(facts: dict) -> str:
-    """Markdown for ``facts`` (see :meth:`Trainer.card_facts`)."""
+    """Markdown for ``facts`` (the trainer's ``_card()``: one value per row of the table below)."""
     budget = f", budget {facts['minutes']:g} min" if facts["minutes"] else ""
     lines = [
         f"# {facts['name']}",

@@ -13,18 +13,10 @@ from .common import make_worker, notify_error, notify_info
 
 FORMATS = [("ONNX (onnxruntime, QGIS Deepness)", "onnx"), ("bioimage.io package (.zip)", "bioimageio")]
 SUFFIXES = {"onnx": ".onnx", "bioimageio": ".zip"}
-NEEDS = {"onnx": ("onnx", "onnx"), "bioimageio": ("bioimageio.core", "bioimageio")}  # module, extra
 
 
 def _export(spec: str, out: Path, file_format: str) -> Path:
-    """Runs in the worker: the export, or a one-line reason it cannot be done."""
-    import importlib
-
-    module, extra = NEEDS[file_format]
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        raise ValueError(f'this export needs the {extra} extra: pip install "napari-cdd-dehaze[{extra}]"') from exc
+    """Runs in the worker: the export, or an error with a one-line reason (a missing extra named)."""
     from napari_cdd_dehaze.export.onnx import export_model
 
     return export_model(spec, out, file_format=file_format)

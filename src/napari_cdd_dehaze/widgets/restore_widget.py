@@ -105,8 +105,7 @@ class RestoreWidget(Container):
         self.precision.value = setting("defaults", "precision", "auto")
         self.model.reset_choices()
         model = setting("last_used", "model", "default")
-        values = [value for _, value in self._model_choices()]
-        if model in values:
+        if model in self.model.choices:
             self.model.value = model
 
     def _reset_settings(self) -> None:

@@ -26,6 +26,23 @@ def _tags(path):
 
 
 @pytest.fixture
+def without_rasterio(monkeypatch):
+    """The path of an installation without the [geo] extra: tifffile, GeoTIFF tags copied verbatim."""
+    import napari_cdd_dehaze.restore.files as files
+    monkeypatch.setattr(files, "rasterio_available", lambda: False)
+
+
+@pytest.fixture(params=["rasterio", "tifffile"])
+def geotiff_reader(request, monkeypatch):
+    """Both ways a GeoTIFF is restored: through rasterio (where installed) and without it."""
+    if request.param == "rasterio":
+        pytest.importorskip("rasterio")
+    else:
+        request.getfixturevalue("without_rasterio")
+    return request.param
+
+
+@pytest.fixture
 def folder(tmp_path):
     rng = np.random.default_rng(0)
     src = tmp_path / "in"
@@ -41,10 +58,12 @@ def folder(tmp_path):
     return src
 
 
-def test_a_folder_restores_with_its_layout_types_and_geotiff_tags_and_names_the_bad_file(folder, tmp_path, capsys):
+def test_a_folder_restores_with_its_layout_types_and_geotiff_tags_and_names_the_bad_file(folder, tmp_path, capsys,
+                                                                                        without_rasterio):
     out = tmp_path / "out"
     assert main(["apply", str(folder), "--out", str(out), "--method", "dcp"]) == 1
     err = capsys.readouterr().err
+    assert 'packed.tif: a GeoTIFF restored without rasterio' in err and "napari-cdd-dehaze[geo]" in err
     assert "broken.png" in err and "1 of 5 image(s) failed" in err
     for name in ("a.png", "sub/b.jpg", "sub/deeper/scene.tif", "packed.tif"):
         restored, original = read_image(out / name), read_image(folder / name)
@@ -100,7 +119,7 @@ def test_chosen_bands_are_restored_together_and_the_others_copied():
         restore_array(dcp, scene, bands=(0, 1))
 
 
-def test_apply_with_bands_on_a_channel_first_geotiff(tmp_path, capsys):
+def test_apply_with_bands_on_a_channel_first_geotiff(tmp_path, capsys, geotiff_reader):
     rng = np.random.default_rng(2)
     scene = (rng.random((6, 40, 48)) * 0.4 * 65535 + 0.5 * 65535).astype(np.uint16)  # six bands, (C, Y, X)
     (tmp_path / "in").mkdir()
@@ -112,7 +131,8 @@ def test_apply_with_bands_on_a_channel_first_geotiff(tmp_path, capsys):
     assert out.shape == scene.shape and out.dtype == scene.dtype
     assert all(np.array_equal(out[b], scene[b]) for b in (0, 4, 5))  # not chosen: unchanged, in their order
     assert all(not np.array_equal(out[b], scene[b]) for b in (1, 2, 3))
-    assert _tags(tmp_path / "out" / "scene.tif") == _tags(tmp_path / "in" / "scene.tif")
+    if geotiff_reader == "tifffile":
+        assert _tags(tmp_path / "out" / "scene.tif") == _tags(tmp_path / "in" / "scene.tif")
     assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "o2"), "--method", "dcp",
                  "--bands", "0,1,2"]) == 2 and "counted from 1" in capsys.readouterr().err
 
@@ -153,7 +173,21 @@ def test_nodata_holes_inside_the_scene_stay_nodata_and_the_rest_is_restored():
     assert (out[10:20, 15:30] == 0).all() and np.abs(out.astype(int) - scene).mean() > 2
 
 
-def test_apply_leaves_the_declared_nodata_of_a_geotiff_out(tmp_path):
+def test_transparent_pixels_of_a_png_take_no_part_and_stay_as_they_were(tmp_path):
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(6)
+    scene = ((0.4 * rng.random((50, 60, 3)) + 0.55) * 255).astype(np.uint8)
+    rgba = np.concatenate([np.pad(scene, ((20, 20), (20, 20), (0, 0)), constant_values=7),
+                           np.pad(np.full((50, 60, 1), 255, np.uint8), ((20, 20), (20, 20), (0, 0)))], axis=-1)
+    write_image(tmp_path / "in" / "cutout.png", rgba)
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    out = read_image(tmp_path / "out" / "cutout.png")
+    assert np.array_equal(out[20:-20, 20:-20, :3], restore_array(load_model("dcp"), scene))
+    assert np.array_equal(out[:20], rgba[:20]) and np.array_equal(out[..., 3], rgba[..., 3])
+
+
+def test_apply_leaves_the_declared_nodata_of_a_geotiff_out(tmp_path, geotiff_reader):
     """GDAL_NODATA 0 declared in the file (GEO_TAGS): the frame stays 0 and the scene is restored as alone."""
     from napari_cdd_dehaze.restore.engine import restore_array
 

@@ -63,6 +63,7 @@ def read_image(path: str | os.PathLike, memory_map: bool = False) -> np.ndarray:
 # TIFF tags that place an image on the map or say what its values mean: GeoTIFF's model scale, tie points and
 # transformation, its key directory and parameters, and GDAL's metadata and nodata value. A restored image keeps them.
 GEOTIFF_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+GEOREFERENCING_TAGS = (33550, 33922, 34264, 34735)  # pixel scale, tie points, transformation, GeoKeys: on a map
 
 
 def kept_tiff_tags(path: str | os.PathLike) -> list[tuple]:
@@ -102,6 +103,22 @@ def declared_nodata(tags: list[tuple]) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def declares_alpha(path: str | os.PathLike, shape: tuple[int, ...]) -> bool:
+    """Whether the file says that the last of its 2 or 4 channels is alpha: a PNG of grey+alpha or RGBA, a TIFF whose
+    ExtraSamples tag says associated or unassociated alpha (an unspecified extra sample is a band, e.g. NIR)."""
+    if len(shape) < 3 or shape[-1] not in (2, 4):
+        return False
+    suffix = Path(path).suffix.lower()
+    if suffix == ".png":
+        return True
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return any(int(kind) in (1, 2) for kind in tif.pages[0].extrasamples)
+    return False
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tuple] = ()) -> None:

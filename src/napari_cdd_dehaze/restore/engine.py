@@ -99,15 +99,17 @@ Restorer = ResnetGenerator | ClassicalDehazer
 def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions | None = None,
                   channel_axis: int | None | str = "auto", out: np.ndarray | None = None,
                   bands: Sequence[int] | None = None, nodata: float | None = None,
-                  intensity: IntensityMap | None = None) -> np.ndarray:
+                  intensity: IntensityMap | None = None, valid: np.ndarray | None = None) -> np.ndarray:
     """Restore a 2-D image, a colour image or a stack of them; same shape and dtype out.
 
     ``out`` (e.g. a memory-mapped file) receives the result when given. ``bands`` (indices along the channel
     axis, as many as the model takes, e.g. ``(3, 2, 1)`` for the red, green and blue of a blue/green/red/NIR
     scene): the model sees those bands in that order, and every other band is copied unchanged. ``nodata`` (a
     value, or NaN): pixels with that value in every channel take no part and are written back as they were
-    (:mod:`~napari_cdd_dehaze.restore.nodata`). ``intensity``: the map between the array's values and [0, 1], when
-    the caller has one for a larger whole (the planes of a stack read one by one); by default the array's own.
+    (:mod:`~napari_cdd_dehaze.restore.nodata`). ``valid``: the same for the pixels a mask marks False (a file's
+    mask band, alpha 0), one (H, W) mask for every plane or one per plane (the planes' leading shape first).
+    ``intensity``: the map between the array's values and [0, 1], when the caller has one for a larger whole (the
+    planes of a stack read one by one); by default the array's own.
     """
     options = options or RestoreOptions()
     if array.ndim < 2:
@@ -117,7 +119,7 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     if channel_axis not in (None, "auto", -1, array.ndim - 1):
         moved_out = None if out is None else np.moveaxis(out, channel_axis, -1)
         moved = restore_array(restorer, np.moveaxis(array, channel_axis, -1), options, channel_axis=-1,
-                              out=moved_out, bands=bands, nodata=nodata, intensity=intensity)
+                              out=moved_out, bands=bands, nodata=nodata, intensity=intensity, valid=valid)
         return np.moveaxis(moved, -1, channel_axis)
     if bands is not None:
         channels = restorer.channels if isinstance(restorer, ClassicalDehazer) else restorer.config.channels
@@ -127,10 +129,17 @@ def restore_array(restorer: Restorer, array: np.ndarray, options: RestoreOptions
     dims = plane_ndim(array.shape, channel_axis)
     planes = list(np.ndindex(array.shape[:array.ndim - dims]))
 
+    if valid is not None and tuple(valid.shape[-2:]) != tuple(array.shape[array.ndim - dims:][:2]):
+        raise ValueError(f"a valid-pixel mask of shape {valid.shape} does not fit an image of shape {array.shape}")
+
     def each_plane(index, restore: Callable[[np.ndarray, np.ndarray], None]) -> None:
-        if nodata is None:
+        if nodata is None and valid is None:
             return restore(array[index], out[index])
-        restore_valid(array[index], out[index], valid_mask(array[index], nodata, dims == 3), restore)
+        mask = None if valid is None else np.asarray(valid[index] if valid.ndim > 2 else valid, bool)
+        if nodata is not None:
+            found = valid_mask(array[index], nodata, dims == 3)
+            mask = found if mask is None else mask & found
+        restore_valid(array[index], out[index], mask, restore)
 
     alpha = channel_axis == "auto"
     if isinstance(restorer, ClassicalDehazer):

@@ -13,15 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cdd_dehaze.io.geotiff import GEO_EXTRA, rasterio_available, restore_geotiff
 from napari_cdd_dehaze.io.image_files import (
+    GEOREFERENCING_TAGS,
     IMAGE_SUFFIXES,
     ImageReadError,
     declared_nodata,
+    declares_alpha,
     kept_tiff_tags,
     mapped_tiff_output,
     read_image,
     write_image,
 )
+from napari_cdd_dehaze.io.ome_zarr import is_ome_zarr, restore_ome_zarr
 
 from .engine import RestoreOptions, Restorer, restore_array
 from .windows import Cancelled
@@ -53,13 +57,24 @@ def plan_jobs(inputs: Iterable[str | Path], out_dir: str | Path) -> list[FileJob
     out_dir = Path(out_dir)
     jobs = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.name.startswith(".") and not _inside(p, out_dir))
+        if item.is_dir() and not is_ome_zarr(item):
+            found = sorted(p for p in _walk(item) if not p.name.startswith(".") and not _inside(p, out_dir))
             jobs += [FileJob(p, out_dir / p.relative_to(item)) for p in found]
         else:
             jobs.append(FileJob(item, out_dir / item.name))
     return jobs
+
+
+def _walk(folder: Path) -> Iterable[Path]:
+    """Image files under ``folder`` and OME-Zarr images (folders themselves, not entered)."""
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            if is_ome_zarr(entry):
+                yield entry
+            elif not entry.name.startswith("."):
+                yield from _walk(entry)
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            yield entry
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -97,17 +112,37 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
     """Restore one image file into ``target``: same shape, dtype and format, GeoTIFF tags kept; an uncompressed TIFF
     is read and written window by window (memory-mapped), so it may be larger than memory. ``bands`` (0-based):
     the bands the model sees, in that order; the others are copied. ``nodata`` (default: the value the file
-    declares): pixels without data, left out and written back as they were."""
-    image = read_image(source, memory_map=True)
+    declares; also pixels of alpha 0 where the file declares alpha): pixels without data, left out and written back
+    as they were. A GeoTIFF goes through rasterio where it is installed (:mod:`napari_cdd_dehaze.io.geotiff`)."""
+    if is_ome_zarr(source):
+        if bands is not None or nodata is not None:
+            raise ValueError(f"{source}: an OME-Zarr image is restored plane by plane as grey; --bands and --nodata "
+                             "are for GeoTIFFs and other multiband files")
+        return restore_ome_zarr(restorer, source, target, options)
     tags = kept_tiff_tags(source)  # read once: written back, and the nodata they declare
+    if any(tag[0] in GEOREFERENCING_TAGS for tag in tags):
+        if rasterio_available():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return restore_geotiff(restorer, source, target, options, bands, nodata)
+        _warn_without_rasterio(source)
+    image = read_image(source, memory_map=True)
     layout = {} if bands is None else {"bands": bands, "channel_axis": band_axis(image.shape, bands)}
     layout["nodata"] = declared_nodata(tags) if nodata is None else nodata
+    if bands is None and declares_alpha(source, image.shape):  # alpha 0: no data there, copied as it is
+        layout["valid"] = np.asarray(image[..., -1]) != 0
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):
         with mapped_tiff_output(target, image, extratags=tags) as out:
             restore_array(restorer, image, options, out=out, **layout)
     else:
         write_image(target, restore_array(restorer, image, options, **layout), extratags=tags)
+
+
+def _warn_without_rasterio(source: Path) -> None:
+    import warnings
+
+    warnings.warn(f"{source}: a GeoTIFF restored without rasterio keeps its GeoTIFF tags but is written uncompressed, "
+                  f"without overviews, and read whole when compressed; for the rest: {GEO_EXTRA}", stacklevel=3)
 
 
 def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreOptions | None = None,
@@ -144,7 +179,7 @@ def restore_files(restorer: Restorer, jobs: Sequence[FileJob], options: RestoreO
         except Cancelled:
             report.stopped = True
             break
-        except (ImageReadError, ValueError, OSError) as exc:
+        except (ImageReadError, ValueError, OSError, ImportError) as exc:
             message = str(exc) if str(job.source) in str(exc) else f"{job.source}: {exc}"
             report.failed.append((job.source, message))
             status = f"failed: {message}"

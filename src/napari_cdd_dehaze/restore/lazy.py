@@ -29,16 +29,21 @@ def stack_intensity(data, planes: list[tuple], samples: int = 8, side: int = 512
 
 
 def restore_out_of_core(restorer: Restorer, data, options: RestoreOptions | None = None,
-                        channel_axis: int | None | str = "auto", scratch_dir: str | None = None) -> np.memmap:
+                        channel_axis: int | None | str = "auto", scratch_dir: str | None = None, out=None):
     """``restore_array`` of an array-like ``data`` (``shape``, ``dtype``, indexing), read one plane at a time, into
-    a temporary memory-mapped array of its shape and dtype; ``channel_axis`` -1 or "auto" (last) or None."""
+    ``out`` (an array-like of the same shape and dtype that takes ``out[index] = plane``: a zarr array on disk) or
+    by default a temporary memory-mapped array; ``channel_axis`` -1 or "auto" (last) or None. Returns ``out``."""
     options = options or RestoreOptions()
     shape = tuple(data.shape)
     dims = plane_ndim(shape, channel_axis)
     planes = list(np.ndindex(shape[:len(shape) - dims]))
-    file = tempfile.TemporaryFile(prefix="cdd-restored-", dir=scratch_dir)
-    out = np.memmap(file, dtype=data.dtype, mode="w+", shape=shape)
-    out.scratch_file = file  # open as long as the array lives (Windows deletes a temporary file when it is closed)
+    if out is None:
+        file = tempfile.TemporaryFile(prefix="cdd-restored-", dir=scratch_dir)
+        out = np.memmap(file, dtype=data.dtype, mode="w+", shape=shape)
+        out.scratch_file = file  # open as long as the array lives (Windows deletes a temporary file when closed)
+    elif tuple(out.shape) != shape or np.dtype(out.dtype) != np.dtype(data.dtype):
+        raise ValueError(f"out must have the input's shape {shape} and dtype {data.dtype}, got {out.shape} "
+                         f"{out.dtype}")
     imap, report = stack_intensity(data, planes), options.progress
     for i, index in enumerate(planes):
         if options.should_stop is not None and options.should_stop():

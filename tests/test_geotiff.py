@@ -1,0 +1,109 @@
+"""GeoTIFFs written and read back with rasterio: the restored file lies on the same grid with the same metadata."""
+import numpy as np
+import pytest
+
+from napari_cdd_dehaze.cli import main
+from napari_cdd_dehaze.io.geotiff import declared_roles, model_bands
+from napari_cdd_dehaze.models import load_model
+from napari_cdd_dehaze.restore.engine import restore_array
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.crs import CRS  # noqa: E402
+from rasterio.enums import ColorInterp  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+FRAME = 24
+
+
+def _scene(rng, bands: int, side: int = 96) -> np.ndarray:
+    """A hazy (bands, Y, X) uint16 scene in a nodata-0 frame of FRAME pixels."""
+    from skimage import data
+
+    photo = data.astronaut()[::512 // side, ::512 // side][:side, :side] / 255.0
+    hazy = 0.5 * photo + 0.45
+    stack = [hazy[..., 0], hazy[..., 1], hazy[..., 2]] + [rng.random((side, side)) * 0.8 + 0.1] * (bands - 3)
+    scene = (np.stack(stack) * 60000 + 1000).astype(np.uint16)
+    return np.pad(scene, ((0, 0), (FRAME, FRAME), (FRAME, FRAME)))
+
+
+def _write(path, scene, descriptions, **profile):
+    count, h, w = scene.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=scene.dtype,
+                       crs=CRS.from_epsg(32633), transform=from_origin(500000, 5000000, 10, 10), nodata=0,
+                       **profile) as dst:
+        dst.write(scene)
+        for b, description in enumerate(descriptions, start=1):
+            dst.set_band_description(b, description)
+        dst.update_tags(SENSOR="synthetic")
+        dst.update_tags(4, WAVELENGTH="842")
+    if profile.get("tiled"):
+        with rasterio.open(path, "r+") as dst:
+            dst.build_overviews([2, 4], rasterio.enums.Resampling.average)
+
+
+def _dark_channel(rgb: np.ndarray, valid: np.ndarray) -> float:
+    return float(rgb.min(axis=0)[valid].mean())
+
+
+def test_a_4_band_geotiff_keeps_its_grid_metadata_nodata_and_nir_and_its_rgb_is_dehazed(tmp_path):
+    scene = _scene(np.random.default_rng(0), 4)
+    (tmp_path / "in").mkdir()
+    source = tmp_path / "in" / "scene.tif"
+    _write(source, scene, ["red", "green", "blue", "nir"], tiled=True, blockxsize=64, blockysize=64,
+           compress="deflate", predictor=2)
+    assert main(["apply", str(source), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    with rasterio.open(source) as a, rasterio.open(tmp_path / "out" / "scene.tif") as b:
+        assert (b.crs, b.transform, b.nodata, b.count, b.dtypes) == (a.crs, a.transform, a.nodata, a.count, a.dtypes)
+        assert b.descriptions == ("red", "green", "blue", "nir") and b.colorinterp == a.colorinterp
+        assert (b.compression, b.block_shapes, b.overviews(1)) == (a.compression, a.block_shapes, [2, 4])
+        assert b.tags()["SENSOR"] == "synthetic" and b.tags(4)["WAVELENGTH"] == "842"
+        before, after = a.read(), b.read()
+    valid = (scene != 0).any(axis=0)
+    assert (after[:, ~valid] == 0).all()  # the frame is still nodata
+    assert np.array_equal(after[3], before[3])  # NIR passes through bit for bit
+    assert _dark_channel(after[:3], valid) < _dark_channel(before[:3], valid) - 1000  # the RGB is dehazed
+
+
+def test_the_declared_band_order_decides_what_the_model_sees(tmp_path):
+    """Bands stored blue, green, red, NIR (as a Sentinel-2 stack often is): the model sees red, green, blue."""
+    rgbn = _scene(np.random.default_rng(1), 4)
+    stored = rgbn[[2, 1, 0, 3]]
+    source = tmp_path / "bgrn.tif"
+    _write(source, stored, ["B02 blue", "B03 green", "B04 red", "B08 nir"])
+    assert main(["apply", str(source), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    with rasterio.open(tmp_path / "out" / "bgrn.tif") as b:
+        out = b.read()
+    valid = (stored != 0).any(axis=0)
+    expected = restore_array(load_model("dcp"), rgbn[:3].transpose(1, 2, 0), valid=valid).transpose(2, 0, 1)
+    assert np.array_equal(out[[2, 1, 0]], expected) and np.array_equal(out[3], stored[3])
+
+
+def test_an_alpha_band_marks_nodata_and_passes_through(tmp_path):
+    """RGBA: alpha 0 pixels take no part (the scene restores as without them) and alpha itself is copied."""
+    rgb = _scene(np.random.default_rng(2), 3)[:, FRAME:-FRAME, FRAME:-FRAME]
+    alpha = np.zeros(rgb.shape[1:], np.uint16)
+    alpha[10:-10, 10:-10] = 65535
+    source = tmp_path / "rgba.tif"
+    with rasterio.open(source, "w", driver="GTiff", width=rgb.shape[2], height=rgb.shape[1], count=4,
+                       dtype="uint16", photometric="RGB", alpha="YES", crs=CRS.from_epsg(32633),
+                       transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.concatenate([rgb, alpha[None]]))
+    assert main(["apply", str(source), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    with rasterio.open(tmp_path / "out" / "rgba.tif") as b:
+        out = b.read()
+        assert b.colorinterp[3] == ColorInterp.alpha
+    inner = restore_array(load_model("dcp"), rgb[:, 10:-10, 10:-10].transpose(1, 2, 0)).transpose(2, 0, 1)
+    assert np.array_equal(out[:3, 10:-10, 10:-10], inner)
+    assert np.array_equal(out[3], alpha) and np.array_equal(out[:3, :10], rgb[:, :10])
+
+
+def test_declared_roles_from_colour_interpretation_then_descriptions():
+    assert declared_roles(["red", "green", "blue", "undefined"], [None] * 4) == ([0, 1, 2], None)
+    assert declared_roles(["gray", "undefined", "undefined", "undefined"], ["B2 blue", "green", "Red", "nir"]) \
+        == ([2, 1, 0], None)
+    assert declared_roles(["gray"] * 6, [None] * 6) == (None, None)
+    assert declared_roles(["red", "green", "blue", "alpha"], [None] * 4) == ([0, 1, 2], 3)
+    assert model_bands(6, None, None, None, 3) is None  # six undeclared bands: each alone as grey
+    assert model_bands(3, None, None, None, 3) == [0, 1, 2]
+    assert model_bands(4, None, 3, None, 3) == [0, 1, 2]  # three besides an alpha
+    assert model_bands(4, [0, 1, 2], None, [3, 2, 1], 3) == [3, 2, 1]  # the user's choice wins

@@ -94,7 +94,7 @@ class TrainConfig:
     head_momentum: float = _field("contrast", 0.999)
     # run
     seed: int = _field("run", 0)
-    precision: str = _field("run", "fp32")
+    precision: str = _field("run", "auto")
     device: str = _field("run", "auto", resumable=True)
     checkpoint_every: int = _field("run", 1000, resumable=True)
     keep_checkpoints: int = _field("run", 2, resumable=True)
@@ -228,8 +228,7 @@ PRESETS: dict[str, dict] = {
     # resize-then-convolve upsampling instead of transposed convolutions (no checkerboard texture).
     "paper": {},
     # Laptop/CPU finetuning: width 32, 6 blocks, 128² crops, 128 patches; layer 16 does not exist with
-    # 6 blocks, so the deepest tap is the last residual block (15). fp32: bf16 autocast pays off only on
-    # CPUs with native bf16 (avx512_bf16/AMX) and is ~10× slower on plain AVX2 (docs/benchmarks.md).
+    # 6 blocks, so the deepest tap is the last residual block (15).
     "cpu": dict(width=32, blocks=6, crop=128, num_patches=128, nce_layers=(0, 4, 8, 12, 15), steps=5000,
                 disc_width=32, checkpoint_every=250),
     # The bundled default model's recipe (training/configs/default.yaml, which a test keeps equal to this):
@@ -244,14 +243,15 @@ PRESETS: dict[str, dict] = {
                     keep_checkpoints=4, output="scattering", dark_patch=15, lambda_gan=4.0, lambda_nce=1.0,
                     lambda_cycle=1.0, lambda_identity=0.5, estimate_size=128, pool_airlight=1, guided_upsample=8,
                     lambda_hazed_clean=16.0, lambda_rehaze_cycle=4.0, lambda_dark_match=4.0,
-                    clean_critic_sees="relative", airlight_floor=3),
+                    clean_critic_sees="relative", airlight_floor=3, precision="fp32"),
 }
 # Finetuning a model on a user's two folders for a wall-clock budget (``--init MODEL``; the network is the start
 # model's). The bundled model's recipe ("default": its losses keep the output a scattering-model inversion, so colour
 # cannot drift) at a constant learning rate, so a run stopped by its budget, by the user or at any checkpoint ends at
 # a model as good as its steps, not one waiting for the decay. How it was chosen: docs/training.md ("Finetuning").
-PRESETS["finetune"] = {**PRESETS["default"], "decay_from": 1.0, "steps": 2000, "minutes": 10.0,
-                       "checkpoint_every": 50, "keep_checkpoints": 2}
+# Precision "auto" (the shipped weights trained in fp32, before bf16 was measured to train the same curve).
+PRESETS["finetune"] = {**PRESETS["default"], "precision": "auto", "decay_from": 1.0, "steps": 2000,
+                       "minutes": 10.0, "checkpoint_every": 50, "keep_checkpoints": 2}
 
 
 DCD_PRESETS: dict[str, dict] = {

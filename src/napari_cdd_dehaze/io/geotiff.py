@@ -24,6 +24,7 @@ import numpy as np
 
 GEO_EXTRA = 'pip install "napari-cdd-dehaze[geo]"'
 STRIP_BYTES = 1 << 26  # rows decoded or encoded at once: about 64 MB of pixels
+GDAL_CACHE_MB = 64     # GDAL's block cache while a file streams through (its default: 5 % of the RAM)
 
 
 def rasterio_available() -> bool:
@@ -80,14 +81,16 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
     from rasterio.enums import MaskFlags, Resampling
     from rasterio.windows import Window
 
+    from napari_cdd_dehaze.io.image_files import release_pages
     from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     options = options or RestoreOptions()
     source, target = Path(source), Path(target)
     channels = restorer.channels if hasattr(restorer, "channels") else restorer.config.channels
     partial = target.with_name(f".{target.name}.partial")
-    with rasterio.open(source) as src, tempfile.TemporaryDirectory(dir=options.scratch_dir,
-                                                                   prefix="cdd-dehaze-") as scratch:
+    # GDAL's block cache would otherwise grow to 5 % of the machine's memory while the strips go by
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(source) as src, \
+            tempfile.TemporaryDirectory(dir=options.scratch_dir, prefix="cdd-dehaze-") as scratch:
         h, w, count, dtype = src.height, src.width, src.count, np.dtype(src.dtypes[0])
         rgb, alpha = declared_roles([c.name for c in src.colorinterp], src.descriptions)
         chosen = model_bands(count, rgb, alpha, bands, channels)
@@ -98,6 +101,7 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
         for r0, r1 in _strips(h, w * count * dtype.itemsize):
             window = Window(0, r0, w, r1 - r0)
             pixels[r0:r1] = src.read(window=window).transpose(1, 2, 0)
+            release_pages(pixels)  # written pages of a mapped file need not stay in the RSS
             if masked:
                 valid[r0:r1] = src.dataset_mask(window=window) != 0
         restored = np.memmap(Path(scratch) / "output", dtype, "w+", shape=(h, w, count))
@@ -112,6 +116,7 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
             with rasterio.open(partial, "w", **profile) as dst:
                 for r0, r1 in _strips(h, w * count * dtype.itemsize):
                     dst.write(restored[r0:r1].transpose(2, 0, 1), window=Window(0, r0, w, r1 - r0))
+                    release_pages(restored)
                     if src.mask_flag_enums[0] == [MaskFlags.per_dataset]:  # an internal mask band: kept as is
                         dst.write_mask(src.dataset_mask(window=Window(0, r0, w, r1 - r0)),
                                        window=Window(0, r0, w, r1 - r0))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from napari_cdd_dehaze.gan.networks import MIN_ESTIMATE_SIZE, MIN_SIDE, ResnetGenerator
 from napari_cdd_dehaze.imaging.devices import native_bf16, pick_device
-from napari_cdd_dehaze.io.image_files import IntensityMap, copy_rows, release_pages
+from napari_cdd_dehaze.io.image_files import IntensityMap, copy_rows, release_pages, return_freed_memory
 
 from .classical import ClassicalDehazer
 from .dispatch import Dispatcher
@@ -184,6 +184,7 @@ def resolve_precision(requested: str, restorer: ResnetGenerator, device: torch.d
 
 
 def _runner(restorer: ResnetGenerator, options: RestoreOptions) -> Dispatcher:
+    return_freed_memory()  # windows of large images come and go: their memory goes back to the system
     restorer = with_airlight_floor(restorer, options.airlight_floor)
     device = pick_device(options.device)
     size = estimate_size(restorer, options.estimate_size)

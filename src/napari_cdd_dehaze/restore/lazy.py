@@ -50,7 +50,11 @@ def restore_out_of_core(restorer: Restorer, data, options: RestoreOptions | None
             raise Cancelled("restoration cancelled")
         step = (lambda done, total, i=i: report(i * total + done, len(planes) * total)) if report else None
         plane = np.asarray(data[index])
-        out[index] = restore_array(restorer, plane, dataclasses.replace(options, progress=step),
-                                   channel_axis=-1 if dims == 3 else None, intensity=imap)
+        sink = out[index] if isinstance(out, np.ndarray) else None  # a memory map: written in place, no copy
+        restored = restore_array(restorer, plane, dataclasses.replace(options, progress=step),
+                                 channel_axis=-1 if dims == 3 else None, intensity=imap, out=sink)
+        if sink is None:  # a zarr array or the like: takes the plane whole
+            out[index] = restored
+        del plane, restored
         release_pages(out)
     return out

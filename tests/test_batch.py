@@ -173,6 +173,18 @@ def test_nodata_holes_inside_the_scene_stay_nodata_and_the_rest_is_restored():
     assert (out[10:20, 15:30] == 0).all() and np.abs(out.astype(int) - scene).mean() > 2
 
 
+def test_a_channel_first_rgb_tiff_is_restored_as_colour_not_as_three_grey_planes(tmp_path):
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rgb = ((0.4 * np.random.default_rng(7).random((3, 40, 50)) + 0.55) * 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "planar.tif", rgb, photometric="rgb", planarconfig="separate")
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    out = read_image(tmp_path / "out" / "planar.tif")
+    assert out.shape == rgb.shape
+    assert np.array_equal(out, restore_array(load_model("dcp"), rgb.transpose(1, 2, 0)).transpose(2, 0, 1))
+
+
 def test_transparent_pixels_of_a_png_take_no_part_and_stay_as_they_were(tmp_path):
     from napari_cdd_dehaze.restore.engine import restore_array
 

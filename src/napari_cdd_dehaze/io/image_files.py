@@ -122,6 +122,19 @@ def declares_alpha(path: str | os.PathLike, shape: tuple[int, ...]) -> bool:
     return False
 
 
+def declares_planar_rgb(path: str | os.PathLike, shape: tuple[int, ...]) -> bool:
+    """Whether a TIFF read as (3 or 4, Y, X) says that its planes are red, green, blue (photometric RGB stored
+    band by band): colour, not three grey planes."""
+    if Path(path).suffix.lower() not in (".tif", ".tiff") or len(shape) != 3 or shape[0] not in (3, 4) \
+            or shape[-1] in (3, 4):
+        return False
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        return int(page.photometric) == 2 and int(page.planarconfig) == 2  # RGB, separate planes
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tuple] = ()) -> None:
     """Write ``array`` in the format named by the suffix; the file appears atomically (temp + rename).
 

@@ -20,6 +20,7 @@ from napari_cdd_dehaze.io.image_files import (
     ImageReadError,
     declared_nodata,
     declares_alpha,
+    declares_planar_rgb,
     kept_tiff_tags,
     mapped_tiff_output,
     read_image,
@@ -130,6 +131,8 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
     layout["nodata"] = declared_nodata(tags) if nodata is None else nodata
     if bands is None and declares_alpha(source, image.shape):  # alpha 0: no data there, copied as it is
         layout["valid"] = np.asarray(image[..., -1]) != 0
+    if bands is None and declares_planar_rgb(source, image.shape):  # (3, Y, X) that the file calls RGB: colour
+        layout.update(bands=[0, 1, 2], channel_axis=0)
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):
         with mapped_tiff_output(target, image, extratags=tags) as out:

@@ -110,6 +110,18 @@ def check_inference_field(tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def precision_auto_is_fp32(monkeypatch):
+    """Precision "auto" resolves to fp32 in every test, whatever CPU runs the suite: with native bf16 (AVX-512 BF16,
+    AMX) it would be bf16, and outputs compared with fp32 references would depend on the machine. The tests of the
+    choice itself set ``native_bf16`` back to a fixed answer, and bf16 is tested by asking for it."""
+    from napari_cdd_dehaze.gan import trainer
+    from napari_cdd_dehaze.restore import engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: False)
+    monkeypatch.setattr(trainer, "native_bf16", lambda device: False)
+
+
+@pytest.fixture(autouse=True)
 def isolated_plugin_settings(tmp_path_factory, monkeypatch):
     """Every test starts from the plugin's default settings, kept in a folder of its own (never the user's):
     the widgets remember what a test chooses, and the next test must not see it."""

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from napari_cdd_dehaze.cli import main
-from napari_cdd_dehaze.io.geotiff import declared_roles, model_bands
 from napari_cdd_dehaze.models import load_model
 from napari_cdd_dehaze.restore.engine import restore_array
+from napari_cdd_dehaze.restore.geotiff import declared_roles, model_bands
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.crs import CRS  # noqa: E402

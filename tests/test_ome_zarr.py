@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from napari_cdd_dehaze.cli import main
-from napari_cdd_dehaze.io.ome_zarr import downsample_into, is_ome_zarr
 from napari_cdd_dehaze.models import load_model
 from napari_cdd_dehaze.restore.engine import restore_array
+from napari_cdd_dehaze.restore.ome_zarr import downsample_into, is_ome_zarr
 
 zarr = pytest.importorskip("zarr")
 ome_writer = pytest.importorskip("ome_zarr.writer")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cdd_dehaze.io.geotiff import GEO_EXTRA, rasterio_available, restore_geotiff
 from napari_cdd_dehaze.io.image_files import (
     GEOREFERENCING_TAGS,
     IMAGE_SUFFIXES,
@@ -26,9 +25,10 @@ from napari_cdd_dehaze.io.image_files import (
     read_image,
     write_image,
 )
-from napari_cdd_dehaze.io.ome_zarr import is_ome_zarr, restore_ome_zarr
 
 from .engine import RestoreOptions, Restorer, restore_array
+from .geotiff import GEO_EXTRA, rasterio_available, restore_geotiff
+from .ome_zarr import is_ome_zarr, restore_ome_zarr
 from .windows import Cancelled
 
 
@@ -114,7 +114,7 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
     is read and written window by window (memory-mapped), so it may be larger than memory. ``bands`` (0-based):
     the bands the model sees, in that order; the others are copied. ``nodata`` (default: the value the file
     declares; also pixels of alpha 0 where the file declares alpha): pixels without data, left out and written back
-    as they were. A GeoTIFF goes through rasterio where it is installed (:mod:`napari_cdd_dehaze.io.geotiff`)."""
+    as they were. A GeoTIFF goes through rasterio where it is installed (:mod:`napari_cdd_dehaze.restore.geotiff`)."""
     if is_ome_zarr(source):
         if bands is not None or nodata is not None:
             raise ValueError(f"{source}: an OME-Zarr image is restored plane by plane as grey; --bands and --nodata "

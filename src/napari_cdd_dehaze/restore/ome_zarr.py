@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .lazy import restore_out_of_core
+
 ZARR_EXTRA = 'pip install "napari-cdd-dehaze[zarr]"'
 
 
@@ -56,8 +58,6 @@ def axis_names(entry: dict, ndim: int) -> list[str]:
 def restore_ome_zarr(restorer, source: str | os.PathLike, target: str | os.PathLike, options=None) -> None:
     """Restore the OME-Zarr image ``source`` into ``target`` (see the module's docstring)."""
     zarr = _zarr()
-    from napari_cdd_dehaze.restore.lazy import restore_out_of_core
-
     source, target = Path(source), Path(target)
     src = zarr.open_group(str(source), mode="r")
     attrs = src.attrs.asdict()

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_cdd_dehaze.io.image_files import release_pages
+
+from .engine import RestoreOptions, restore_array
+
 GEO_EXTRA = 'pip install "napari-cdd-dehaze[geo]"'
 STRIP_BYTES = 1 << 26  # rows decoded or encoded at once: about 64 MB of pixels
 GDAL_CACHE_MB = 64     # GDAL's block cache while a file streams through (its default: 5 % of the RAM)
@@ -80,9 +84,6 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
     import rasterio
     from rasterio.enums import MaskFlags, Resampling
     from rasterio.windows import Window
-
-    from napari_cdd_dehaze.io.image_files import release_pages
-    from napari_cdd_dehaze.restore.engine import RestoreOptions, restore_array
 
     options = options or RestoreOptions()
     source, target = Path(source), Path(target)

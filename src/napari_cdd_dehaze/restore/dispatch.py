@@ -16,6 +16,7 @@ in :meth:`Dispatcher.run`.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -63,13 +64,28 @@ class Dispatcher:
         self.band_elements, self.stream_memory_bytes, self.scratch_dir = band_elements, stream_memory_bytes, scratch_dir
         self.stream_device_bytes = stream_device_bytes
         self.estimate_size = estimate_size
+        self._channels_last: ResnetGenerator | None = None
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, whole: bool = False) -> torch.Tensor:
+        """The generator on ``x``; a ``whole`` image on the CPU runs channels-last (tiles impose statistics on the
+        generator itself, so they run it as it is)."""
         x = x.to(self.device)
+        if whole and self.device.type == "cpu":
+            generator, x = self._channels_last_generator(), x.contiguous(memory_format=torch.channels_last)
+        else:
+            generator = self.generator
         if self.autocast_dtype is None:
-            return self.generator(x).float()
+            return generator(x).float()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self.generator(x).float()
+            return generator(x).float()
+
+    def _channels_last_generator(self) -> ResnetGenerator:
+        """A copy of the generator with channels-last weights (the caller's model keeps its own layout): with its
+        input channels-last too, every layer of a whole pass stays channels-last (norms included, see
+        ``networks.InstanceNorm``), and oneDNN's convolutions run 1.8× faster than on channels-first tensors."""
+        if self._channels_last is None:
+            self._channels_last = copy.deepcopy(self.generator).to(memory_format=torch.channels_last)
+        return self._channels_last
 
     @torch.inference_mode()
     def statistics(self, read: ReadWindow, height: int, width: int) -> list:
@@ -96,7 +112,8 @@ class Dispatcher:
         while True:
             try:
                 if tile >= max(height, width):  # whole image: its own statistics, one pass
-                    return run_whole(self._forward, read, write, height, width, self._check_stop, progress)
+                    return run_whole(lambda x: self._forward(x, whole=True), read, write, height, width,
+                                     self._check_stop, progress)
                 if stats is None:
                     stats = self.statistics(read, height, width)
                     airlight = self._image_airlight(read, height, width)

@@ -149,8 +149,8 @@ def test_load_model_names_and_errors(tmp_path, monkeypatch):
     assert (bundled.config.estimate_size, bundled.config.pool_airlight) == (128, 1)  # its working scale
     assert bundled.config.guided_upsample == 8
     import napari_cdd_dehaze.models as models
-    monkeypatch.setattr(models, "DEFAULT_WEIGHTS", tmp_path / "absent.safetensors")  # a build without weights
-    with pytest.raises(CheckpointError, match="no default model is bundled"):
+    monkeypatch.setitem(models.BUNDLED_WEIGHTS, "default", tmp_path / "absent.safetensors")  # a build without it
+    with pytest.raises(CheckpointError, match="no 'default' model is bundled"):
         load_model("default")
     with pytest.raises(CheckpointError, match="not a built-in model"):
         load_model(str(tmp_path / "nope"))

@@ -64,3 +64,35 @@ def test_rainy_sample_has_streaks_over_its_reference():
     added = rainy.astype(int) - clear.astype(int)
     assert (added.min(axis=-1) > 40).mean() > 0.01  # bright grey streaks over a good part of the photo
     assert rainy.mean() > clear.mean()
+
+
+def test_make_rain_set_alternates_photos_scales_them_and_refuses_bsds500(tmp_path, photos):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_cdd_dehaze.io.image_files import read_image, write_image
+
+    script = str(Path(__file__).parent.parent / "training" / "make_rain_set.py")
+    to_u8 = lambda a: np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    names = sorted(photos)
+    write_image(tmp_path / "rainy" / "real.png", to_u8(random_rain(photos[names[0]], seed=1)))
+    write_image(tmp_path / "clean" / "other.png", to_u8(photos[names[1]]))
+    for name in names[2:]:
+        write_image(tmp_path / "photos" / f"{name}.png", to_u8(photos[name]))
+    write_image(tmp_path / "photos" / "grey.png", to_u8(photos[names[2]].mean(axis=-1)))
+    base = [sys.executable, script, "--rainy", str(tmp_path / "rainy"), "--clean", str(tmp_path / "clean"),
+            "--short-side", "200"]
+    subprocess.run([*base, "--photos", str(tmp_path / "photos"), "--out", str(tmp_path / "data")], check=True,
+                   capture_output=True)
+    rainy, clean = (sorted(p.name for p in (tmp_path / "data" / side).iterdir()) for side in ("rainy", "clean"))
+    synthetic = [n.removeprefix("synth-photos-") for n in rainy if n.startswith("synth-")]
+    others = [n.removeprefix("photos-") for n in clean if n.startswith("photos-")]
+    assert "real.png" in rainy and "other.png" in clean and not set(synthetic) & set(others)  # no scene on both sides
+    assert len(synthetic) + len(others) == len(names) - 1  # every photo once (the grey one too)
+    for path in (tmp_path / "data").rglob("*.png"):
+        image = read_image(path)
+        assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) <= 200, path.name
+    refused = subprocess.run([*base, "--photos", str(tmp_path / "bsds500"), "--out", str(tmp_path / "no")],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "BSDS500" in refused.stderr

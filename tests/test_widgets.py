@@ -257,6 +257,7 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer,
 
 def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
     from napari_cdd_dehaze.gan.checkpoint import read_meta
+    from napari_cdd_dehaze.widgets.common import bundled_model_available
 
     degraded, clean = unpaired_folders
     viewer = make_napari_viewer()
@@ -264,7 +265,8 @@ def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtb
     restore = dock(viewer, "Restore")
     train = dock(viewer, "Train / finetune")
     train.method.value = "dcd-gan"
-    assert train.start_from.value == "scratch"  # no bundled derainer to finetune
+    assert train.start_from.value == ("derain" if bundled_model_available("derain") else "scratch")
+    train.start_from.value = "scratch"  # a tiny network of its own
     assert train.lr.value == pytest.approx(1e-4)  # the DCD-GAN preset's learning rate
     run_dir = tmp_path / "derain"
     train.degraded.value, train.clean.value, train.run_dir.value = degraded, clean, run_dir
@@ -347,6 +349,32 @@ def test_a_dask_layer_is_restored_plane_by_plane_into_a_mapped_array(make_napari
     assert np.abs(out.astype(int) - restore_array(load(model_file), np.asarray(stack))).max() <= 1
 
 
+def test_a_dask_layer_can_be_restored_into_a_zarr_store_the_user_chose(make_napari_viewer, qtbot, model_file,
+                                                                      tmp_path):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    from napari_cdd_dehaze.gan.checkpoint import load_restorer as load
+    from napari_cdd_dehaze.restore.engine import restore_array
+
+    rng = np.random.default_rng(6)
+    stack = da.from_array(rng.integers(0, 4096, (3, 80, 96), dtype=np.uint16), chunks=(1, 80, 96))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="in memory")
+    widget = dock(viewer, "Restore")
+    widget.image.value = viewer.layers["in memory"]
+    assert widget.zarr_out.native.isHidden()  # only for layers read lazily
+    layer = viewer.add_image(stack, name="lazy")
+    widget.image.value = layer
+    assert not widget.zarr_out.native.isHidden()
+    widget.zarr_out.value = tmp_path / "restored.zarr"
+    restore_with_file(widget, model_file, layer)
+    wait_idle(qtbot, widget)
+    out = viewer.layers["lazy (restored)"].data
+    on_disk = zarr.open_array(str(tmp_path / "restored.zarr"), mode="r")
+    assert isinstance(out, zarr.Array) and on_disk.shape == stack.shape and on_disk.chunks == (1, 80, 96)
+    assert np.abs(on_disk[:].astype(int) - restore_array(load(model_file), np.asarray(stack))).max() <= 1
+
+
 def test_a_model_finetuned_in_the_viewer_exports_from_the_button(make_napari_viewer, qtbot, unpaired_folders,
                                                                   tmp_path, notifications):
     pytest.importorskip("onnx")
@@ -408,3 +436,4 @@ def test_settings_persist_between_napari_starts_and_reset_to_defaults(make_napar
     reopened.reset_button.changed.emit(True)
     assert (reopened.device.value, reopened.tile.value, reopened.precision.value) == ("auto", 0, "auto")
     assert plugin_settings().defaults.model_folder == "" and plugin_settings().last_used.minutes == 10
+

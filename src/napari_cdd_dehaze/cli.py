@@ -34,14 +34,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _preset_and_start(args: argparse.Namespace) -> tuple[str, str | None]:
     """The preset and start model a new run uses: ``finetune`` when it starts from a model (``--init``), ``cpu``
-    when from scratch; the ``finetune`` preset without ``--init`` continues the bundled model (CDD-GAN)."""
+    when from scratch; the ``finetune`` preset without ``--init`` continues the method's bundled model (the
+    dehazer for CDD-GAN, the derainer for DCD-GAN)."""
     preset_name = args.preset or ("finetune" if args.init else "cpu")
     init = args.init
     if preset_name == "finetune" and init is None and not args.resume:
-        if (args.method or "cdd-gan") != "cdd-gan":
-            raise ValueError("the finetune preset continues a model: give --init RUN_OR_FILE (a DCD-GAN model)")
-        init = "default"
-        print("finetuning the bundled default model (--init default)", file=sys.stderr)
+        from .gan.checkpoint import BUNDLED_WEIGHTS
+
+        init = "derain" if args.method == "dcd-gan" else "default"
+        if not BUNDLED_WEIGHTS[init].is_file():
+            raise ValueError(f"the finetune preset continues a model, and no {init!r} model is bundled with this "
+                             f"installation: give --init RUN_OR_FILE (a {args.method or 'cdd-gan'} model)")
+        print(f"finetuning the bundled {init} model (--init {init})", file=sys.stderr)
     return preset_name, init
 
 

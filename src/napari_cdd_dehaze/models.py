@@ -2,28 +2,31 @@
 
 ``load_model("dcp")`` and ``load_model("cap")`` give classical dehazers (no training, no weights),
 ``load_model("identity")`` the input unchanged (the baseline row of an evaluation), ``load_model("default")``
-the model bundled with the package, and anything else is a run folder, checkpoint folder or ``.safetensors``
-file. A built-in name wins over a folder of the same name in the working directory: write ``./dcp`` for that.
+the dehazing model bundled with the package, ``load_model("derain")`` the bundled deraining model, and anything
+else is a run folder, checkpoint folder or ``.safetensors`` file. A built-in name wins over a folder of the same
+name in the working directory: write ``./dcp`` for that.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .gan.checkpoint import DEFAULT_WEIGHTS, CheckpointError, load_restorer
+from .gan.checkpoint import BUNDLED_WEIGHTS, CheckpointError, load_restorer
 from .gan.networks import ResnetGenerator
 from .restore.classical import CLASSICAL, ClassicalDehazer
 
 BUILTIN_MODELS: dict[str, str] = {
     "default": "bundled CDD-GAN dehazing model",
+    **({"derain": "bundled DCD-GAN deraining model"} if BUNDLED_WEIGHTS["derain"].is_file() else {}),
     **{name: dehazer.label for name, dehazer in CLASSICAL.items()},
 }
 
 
-def _default_weights() -> Path:
-    if not DEFAULT_WEIGHTS.is_file():
-        raise CheckpointError("no default model is bundled with this version yet; use 'dcp' or 'cap' "
-                              "(no training needed) or give a trained run, checkpoint or .safetensors file")
-    return DEFAULT_WEIGHTS
+def _bundled_weights(name: str) -> Path:
+    file = BUNDLED_WEIGHTS[name]
+    if not file.is_file():
+        raise CheckpointError(f"no {name!r} model is bundled with this installation ({file} is missing); use 'dcp' "
+                              "or 'cap' (no training needed) or give a trained run, checkpoint or .safetensors file")
+    return file
 
 
 def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
@@ -35,8 +38,8 @@ def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
     name = str(spec)
     if name in CLASSICAL:
         return CLASSICAL[name]
-    if name == "default":
-        return load_restorer(_default_weights())
+    if name in BUNDLED_WEIGHTS:
+        return load_restorer(_bundled_weights(name))
     if not Path(spec).exists():
         raise CheckpointError(f"{spec}: no such file or folder, and not a built-in model "
                               f"(built-in: {', '.join(BUILTIN_MODELS)})")
@@ -65,7 +68,7 @@ def describe_model(spec: str | Path) -> list[str]:
     name = str(spec)
     if name in CLASSICAL:
         return [f"{name}: {CLASSICAL[name].label}"]
-    file = _default_weights() if name == "default" else resolve_model_path(spec)
+    file = _bundled_weights(name) if name in BUNDLED_WEIGHTS else resolve_model_path(spec)
     metadata = read_metadata(file)
     c = stored_config(file, metadata)
     lines = [f"{name}: {file}",

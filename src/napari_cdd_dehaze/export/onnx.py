@@ -141,7 +141,7 @@ def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None
     import hashlib
     import importlib
 
-    from napari_cdd_dehaze.gan.checkpoint import DEFAULT_WEIGHTS, read_metadata, resolve_model_path
+    from napari_cdd_dehaze.gan.checkpoint import bundled_weights, read_metadata, resolve_model_path
     from napari_cdd_dehaze.models import load_model
     from napari_cdd_dehaze.restore.classical import ClassicalDehazer
 
@@ -156,10 +156,10 @@ def export_model(spec: str | Path, out: str | Path, size: tuple[int, int] | None
     restorer = load_model(spec)
     if isinstance(restorer, ClassicalDehazer):
         raise ExportError(f"{spec} is a classical method without a network; export a trained model")
-    file = DEFAULT_WEIGHTS if str(spec) == "default" else resolve_model_path(spec)
+    file = bundled_weights(spec) or resolve_model_path(spec)
     provenance = {**json.loads(read_metadata(file).get("info", "{}") or "{}"), "file": file.name,
                   "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
-    name = "default" if str(spec) == "default" else Path(spec).resolve().name
+    name = str(spec) if bundled_weights(spec) else Path(spec).resolve().name
     if file_format == "bioimageio":
         from .bioimageio import DEFAULT_SIZE, export_bioimageio
 

@@ -37,7 +37,16 @@ FORMAT = "napari-cdd-dehaze"
 FORMAT_VERSION = 1
 MODEL_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "train_state.pt"
 RESTORER_FILE = "restorer.safetensors"
-DEFAULT_WEIGHTS = Path(__file__).parent.parent / "weights" / "default.safetensors"  # the bundled model
+# The models bundled with the package, by the name every entry point takes ("default", "derain").
+BUNDLED_WEIGHTS = {name: Path(__file__).parent.parent / "weights" / f"{name}.safetensors"
+                   for name in ("default", "derain")}
+BUNDLED_ROLES = {"default": "the bundled dehazing model", "derain": "the bundled deraining model"}
+DEFAULT_WEIGHTS = BUNDLED_WEIGHTS["default"]
+
+
+def bundled_weights(spec: str | Path) -> Path | None:
+    """The file of a bundled model when ``spec`` names one ("default", "derain"), else None."""
+    return BUNDLED_WEIGHTS.get(str(spec))
 
 
 class CheckpointError(ValueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from napari_cdd_dehaze.io.image_files import atomic_write_bytes
 
-from .checkpoint import DEFAULT_WEIGHTS
+from .checkpoint import BUNDLED_ROLES, BUNDLED_WEIGHTS
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -20,8 +20,9 @@ def describe_start(init_from: str | Path | None, saved_meta: dict | None = None)
         return str(saved_meta.get("start_model", "unknown (a run saved before start models were recorded)"))
     if init_from is None:
         return "none (trained from scratch)"
-    if str(init_from) == "default" or Path(init_from).resolve() == Path(DEFAULT_WEIGHTS).resolve():
-        return "default (the bundled dehazing model)"
+    for name, file in BUNDLED_WEIGHTS.items():
+        if str(init_from) == name or Path(init_from).resolve() == file.resolve():
+            return f"{name} ({BUNDLED_ROLES[name]})"
     return str(Path(init_from).resolve())
 
 

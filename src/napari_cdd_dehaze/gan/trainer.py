@@ -29,12 +29,12 @@ from napari_cdd_dehaze import __version__
 from napari_cdd_dehaze.imaging.devices import native_bf16, pick_device
 
 from .checkpoint import (
-    DEFAULT_WEIGHTS,
     GENERATOR_DEFAULTS,
     MODEL_FILE,
     RESTORER_FIELDS,
     RESTORER_FILE,
     CheckpointError,
+    bundled_weights,
     checkpoint_path,
     latest_checkpoint,
     load_train_state,
@@ -162,8 +162,10 @@ class Trainer:
         if config is None:
             raise ValueError("a config is needed unless resuming")
         self.start_model = describe_start(init_from, meta)  # what the run's weights started from, for its card
-        if str(init_from) == "default":  # the bundled model, by name as everywhere else
-            init_from = DEFAULT_WEIGHTS
+        if bundled_weights(init_from) is not None:  # a bundled model, by name as everywhere else
+            if not bundled_weights(init_from).is_file():
+                raise CheckpointError(f"no {str(init_from)!r} model is bundled with this installation")
+            init_from = bundled_weights(init_from)
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
             config = _take_network_of(config, init_from)
         self.config = config

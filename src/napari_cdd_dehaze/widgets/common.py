@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-def default_model_available() -> bool:
-    from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
+def bundled_model_available(name: str = "default") -> bool:
+    """Whether the bundled model ``name`` ("default", "derain") is installed."""
+    from napari_cdd_dehaze.gan.checkpoint import BUNDLED_WEIGHTS
 
-    return DEFAULT_WEIGHTS.is_file()
+    return BUNDLED_WEIGHTS[name].is_file()
 
 
 def image_layer_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, object]]:

@@ -11,7 +11,7 @@ from qtpy.QtCore import QTimer
 
 from napari_cdd_dehaze.imaging.devices import available_devices
 
-from .common import default_model_available, image_layer_choices, make_worker, notify_error, notify_info, run_label
+from .common import bundled_model_available, image_layer_choices, make_worker, notify_error, notify_info, run_label
 from .export_row import ExportRow
 from .settings import models_in_folder, remember, reset_settings, setting
 from .trained_models import TRAINED_MODELS
@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "checkpoint file…"
 LAYER, FOLDER = "image layer", "folder of files"
+
+
+BUNDLED_CHOICES = (("bundled default", "default"), ("bundled derainer (rain)", "derain"))
+
+
+def lazy(layer) -> bool:
+    """Whether a layer's (full-resolution) data is not in memory: a dask or zarr array, read plane by plane."""
+    if layer is None:
+        return False
+    return not isinstance(layer.data[0] if layer.multiscale else layer.data, np.ndarray)
 
 
 def multiband(layer) -> bool:
@@ -49,6 +59,9 @@ class RestoreWidget(Container):
                               tooltip="a multiband layer (bands first, e.g. 6 × Y × X): the bands the model sees as "
                                       "red, green, blue, counted from 1 (e.g. 4,3,2); the others are copied "
                                       "unchanged. Empty: every band restored alone as grey.")
+        self.zarr_out = FileEdit(label="save to zarr", mode="w", value="", visible=False,
+                                 tooltip="a layer read lazily (dask, zarr): the restored stack goes into this zarr "
+                                         "store on disk, plane by plane (empty: a temporary file)")
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.checkpoint = FileEdit(label="file", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="device", choices=available_devices(), value="auto")
@@ -67,9 +80,9 @@ class RestoreWidget(Container):
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.export_row = ExportRow(self._chosen_model)
-        self.extend([self.source, self.image, self.bands, self.in_folder, self.out_folder, self.overwrite, self.model,
-                     self.checkpoint, self.device, self.tile, self.precision, self.run_button, self.progress,
-                     self.status, self.export_row, self.reset_button])
+        self.extend([self.source, self.image, self.bands, self.zarr_out, self.in_folder, self.out_folder,
+                     self.overwrite, self.model, self.checkpoint, self.device, self.tile, self.precision,
+                     self.run_button, self.progress, self.status, self.export_row, self.reset_button])
         self.source.changed.connect(self._show_source)
         self.image.changed.connect(self._show_source)
 
@@ -117,8 +130,9 @@ class RestoreWidget(Container):
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         from napari_cdd_dehaze.models import BUILTIN_MODELS
 
-        choices = [("bundled default", "default")] if default_model_available() else []
-        choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in ("default", "identity")]
+        choices = [(label, name) for label, name in BUNDLED_CHOICES if bundled_model_available(name)]
+        bundled = {name for _, name in BUNDLED_CHOICES}
+        choices += [(label, name) for name, label in BUILTIN_MODELS.items() if name not in bundled | {"identity"}]
         trained = list(reversed(TRAINED_MODELS.runs()))
         choices += [(run_label(run), str(run)) for run in trained]
         in_folder = models_in_folder(setting("defaults", "model_folder", ""))
@@ -131,6 +145,7 @@ class RestoreWidget(Container):
         for widget in (self.in_folder, self.out_folder, self.overwrite):
             widget.visible = folder
         self.bands.visible = not folder and multiband(self.image.value)
+        self.zarr_out.visible = not folder and lazy(self.image.value)
 
     def _chosen_model(self) -> str | None:
         """The model box's choice as a spec for :func:`~napari_cdd_dehaze.models.load_model` (None: no file yet)."""
@@ -227,6 +242,9 @@ class RestoreWidget(Container):
             return
         if bands is not None:
             channel_axis = 0  # a multiband layer holds its bands first
+        store = None
+        if lazy(layer) and str(self.zarr_out.value) not in ("", "."):
+            store = Path(self.zarr_out.value)
         options = RestoreOptions(device=self.device.value, tile=self.tile.value or None,
                                  precision=self.precision.value, progress=self._record_progress,
                                  should_stop=lambda: self._cancel)
@@ -241,8 +259,9 @@ class RestoreWidget(Container):
             try:
                 if isinstance(data, np.ndarray) or bands is not None:
                     restored = restore_array(model, np.asarray(data), options, channel_axis=channel_axis, bands=bands)
-                else:  # dask, zarr, …: read plane by plane, written to a memory-mapped temporary file
-                    restored = restore_out_of_core(model, data, options, channel_axis=channel_axis)
+                else:  # dask, zarr, …: read plane by plane, into a zarr store or a memory-mapped temporary file
+                    out = None if store is None else zarr_store(store, data, channel_axis == -1)
+                    restored = restore_out_of_core(model, data, options, channel_axis=channel_axis, out=out)
                 return restored, time.perf_counter() - started
             except Cancelled:
                 return None
@@ -294,3 +313,16 @@ class RestoreWidget(Container):
         """The viewer is closing: stop the worker between tiles and stop listening."""
         TRAINED_MODELS.unsubscribe(self._refresh_models)
         self._cancel = True
+
+
+def zarr_store(path: Path, like, rgb: bool):
+    """A new zarr array at ``path`` shaped like ``like``, one chunk per plane (of colour when ``rgb``): where a lazy
+    layer's result goes."""
+    try:
+        import zarr
+    except ImportError as exc:
+        raise ImportError('saving to zarr needs the zarr extra: pip install "napari-cdd-dehaze[zarr]"') from exc
+    shape = tuple(like.shape)
+    plane = 3 if rgb else 2
+    chunks = (1,) * (len(shape) - plane) + shape[len(shape) - plane:]
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=like.dtype, overwrite=True)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
+from napari_cdd_dehaze.gan.checkpoint import BUNDLED_WEIGHTS
 from napari_cdd_dehaze.gan.config import METHOD_PRESETS, preset
 from napari_cdd_dehaze.imaging.devices import available_devices
-from napari_cdd_dehaze.models import DEFAULT_WEIGHTS
 
 from .common import (
-    default_model_available,
+    bundled_model_available,
     format_seconds,
     image_layer_choices,
     make_worker,
@@ -29,6 +29,7 @@ from .trained_models import TRAINED_MODELS
 if TYPE_CHECKING:
     import napari
 
+BUNDLED_FOR_METHOD = {"cdd-gan": "default", "dcd-gan": "derain"}  # the bundled model each method finetunes
 PREVIEW_SIDE = 256        # the live preview restores a central crop of at most this many pixels a side
 PREVIEW_LAYER = "training preview"
 STOP_WAIT_S = 120         # on viewer close: how long to wait for the step in flight and the checkpoint
@@ -134,12 +135,13 @@ class TrainWidget(Container):
 
     # ------------------------------------------------------------------ form
     def _start_choices(self, _widget=None) -> list[tuple[str, str]]:
-        """Finetuning the bundled dehazer comes first (what a user with one small folder wants); it does not
-        start a deraining run."""
+        """Finetuning the method's bundled model comes first (what a user with one small folder wants): the
+        dehazer for CDD-GAN, the derainer for DCD-GAN."""
         choices = []
         method = getattr(self, "method", None)
-        if default_model_available() and (method is None or method.value == "cdd-gan"):
-            choices.append(("bundled default (finetune)", "default"))
+        bundled = BUNDLED_FOR_METHOD["cdd-gan" if method is None else method.value]
+        if bundled_model_available(bundled):
+            choices.append((f"bundled {'default' if bundled == 'default' else 'derainer'} (finetune)", bundled))
         return choices + [("model or checkpoint file… (finetune)", "file"), ("scratch", "scratch")]
 
     def _preset_for_start(self) -> str:
@@ -147,10 +149,10 @@ class TrainWidget(Container):
 
     def _method_changed(self) -> None:
         self.start_from.reset_choices()
-        if self.start_from.value != "default" and "default" not in [v for _, v in self._start_choices()]:
-            self.start_from.value = "scratch"  # no bundled model of this method: a file is the user's choice only
-        elif "default" in [v for _, v in self._start_choices()]:
-            self.start_from.value = "default"
+        starts = [v for _, v in self._start_choices()]
+        bundled = [v for v in starts if v in BUNDLED_WEIGHTS]
+        # the method's bundled model when there is one; else scratch (a file is the user's choice only)
+        self.start_from.value = bundled[0] if bundled else "scratch"
         self.preset.reset_choices()
         self._start_changed()
 
@@ -189,8 +191,8 @@ class TrainWidget(Container):
             notify_error("Choose a folder of degraded images and a folder of clean images first.")
             return
         init = None
-        if not resume and self.start_from.value == "default":
-            init = DEFAULT_WEIGHTS
+        if not resume and self.start_from.value in BUNDLED_WEIGHTS:
+            init = BUNDLED_WEIGHTS[self.start_from.value]
         elif not resume and self.start_from.value == "file":
             init = Path(self.init_file.value)
             if not init.is_file():

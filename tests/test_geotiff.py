@@ -64,6 +64,28 @@ def test_a_4_band_geotiff_keeps_its_grid_metadata_nodata_and_nir_and_its_rgb_is_
     assert _dark_channel(after[:3], valid) < _dark_channel(before[:3], valid) - 1000  # the RGB is dehazed
 
 
+def test_the_same_geotiff_without_rasterio_keeps_its_geotiff_tags_verbatim(tmp_path, monkeypatch):
+    import tifffile
+
+    import napari_cdd_dehaze.restore.files as files
+    from napari_cdd_dehaze.io.image_files import GEOTIFF_TAGS
+
+    scene = _scene(np.random.default_rng(3), 4)
+    (tmp_path / "in").mkdir()
+    _write(tmp_path / "in" / "scene.tif", scene, ["red", "green", "blue", "nir"])
+    monkeypatch.setattr(files, "rasterio_available", lambda: False)  # an installation without the [geo] extra
+    assert main(["apply", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+
+    def tags(path):
+        with tifffile.TiffFile(path) as tif:
+            return {t.code: t.value for t in tif.pages[0].tags.values() if t.code in GEOTIFF_TAGS}
+    kept = tags(tmp_path / "out" / "scene.tif")
+    assert kept == tags(tmp_path / "in" / "scene.tif") and {33550, 33922, 34735, 42113} <= set(kept)
+    with rasterio.open(tmp_path / "out" / "scene.tif") as b:  # and rasterio reads it on the same grid
+        assert (b.crs, b.transform, b.nodata) == (CRS.from_epsg(32633), from_origin(500000, 5000000, 10, 10), 0)
+        assert np.array_equal(b.read(4), scene[3])
+
+
 def test_the_declared_band_order_decides_what_the_model_sees(tmp_path):
     """Bands stored blue, green, red, NIR (as a Sentinel-2 stack often is): the model sees red, green, blue."""
     rgbn = _scene(np.random.default_rng(1), 4)

@@ -119,6 +119,23 @@ def test_an_alpha_band_marks_nodata_and_passes_through(tmp_path):
     assert np.array_equal(out[3], alpha) and np.array_equal(out[:3, :10], rgb[:, :10])
 
 
+def test_a_grey_band_beside_an_alpha_band_is_restored_and_the_alpha_copied(tmp_path):
+    grey = _scene(np.random.default_rng(4), 3)[0, FRAME:-FRAME, FRAME:-FRAME]
+    alpha = np.full(grey.shape, 65535, np.uint16)
+    alpha[:8] = 0
+    source = tmp_path / "la.tif"
+    with rasterio.open(source, "w", driver="GTiff", width=grey.shape[1], height=grey.shape[0], count=2,
+                       dtype="uint16", alpha="YES", crs=CRS.from_epsg(32633),
+                       transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.write(np.stack([grey, alpha]))
+    assert main(["apply", str(source), "--out", str(tmp_path / "out"), "--method", "dcp"]) == 0
+    with rasterio.open(tmp_path / "out" / "la.tif") as b:
+        assert b.colorinterp[1] == ColorInterp.alpha
+        out = b.read()
+    assert np.array_equal(out[1], alpha) and np.array_equal(out[0, :8], grey[:8])  # alpha, and its empty rows
+    assert np.array_equal(out[0, 8:], restore_array(load_model("dcp"), grey[8:], channel_axis=None))
+
+
 def test_declared_roles_from_colour_interpretation_then_descriptions():
     assert declared_roles(["red", "green", "blue", "undefined"], [None] * 4) == ([0, 1, 2], None)
     assert declared_roles(["gray", "undefined", "undefined", "undefined"], ["B2 blue", "green", "Red", "nir"]) \

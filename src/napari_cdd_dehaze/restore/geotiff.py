@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cdd_dehaze.io.image_files import release_pages
+from napari_cdd_dehaze.io.image_files import IntensityMap, copy_rows, release_pages
 
 from .engine import RestoreOptions, restore_array
 
@@ -107,10 +107,22 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
                 valid[r0:r1] = src.dataset_mask(window=window) != 0
         restored = np.memmap(Path(scratch) / "output", dtype, "w+", shape=(h, w, count))
         # the mask holds every empty pixel; a float nodata value is also left out of the intensity range
-        restore_array(restorer, pixels, options, channel_axis=-1, out=restored, bands=chosen,
-                      nodata=value if value is not None and dtype.kind == "f" else None, valid=valid)
+        kept_out = value if value is not None and dtype.kind == "f" else None
+        if chosen is not None or alpha is None:
+            restore_array(restorer, pixels, options, channel_axis=-1, out=restored, bands=chosen, nodata=kept_out,
+                          valid=valid)
+        else:  # grey bands beside an alpha band: each restored alone, the alpha copied
+            imap = IntensityMap.for_array(pixels, nodata=kept_out)
+            for b in range(count):
+                if b == alpha:
+                    copy_rows(pixels[..., b], restored[..., b])
+                else:
+                    restore_array(restorer, pixels[..., b], options, channel_axis=None, out=restored[..., b],
+                                  nodata=kept_out, intensity=imap, valid=valid)
         del pixels
         profile = {**src.profile, "driver": "GTiff"}
+        if alpha is not None:
+            profile["alpha"] = "YES"  # GeoTIFF marks alpha when the file is made (its ExtraSamples tag)
         if nodata is not None:
             profile["nodata"] = nodata
         try:

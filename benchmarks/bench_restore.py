@@ -178,6 +178,17 @@ def measure(case: str, width: int, blocks: int, precision: str, device: str = "c
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None}
 
 
+def matmul_rates(device: str) -> tuple[float, float, str]:
+    """fp32 and bf16 matrix-multiply GFLOP/s on ``device``, and how they were measured."""
+    if device.startswith("cuda"):
+        n, repeat = 8192, 10
+        fp32, bf16 = (matmul_rate(t, n, repeat, device) for t in (torch.float32, torch.bfloat16))
+        return fp32, bf16, f"{torch.cuda.get_device_name(device)}, matmul {n}²"
+    # bf16 at 512² only: without native bf16 (AVX2 machines) a 2048² product takes minutes
+    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, n=512, repeat=2)
+    return fp32, bf16, f"{torch.get_num_threads()} threads, matmul fp32 2048², bf16 512²"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", choices=sorted(CASES), help="default: all")
@@ -189,19 +200,21 @@ def main() -> None:
                         help="RestoreOptions fields to override, e.g. stream_device_bytes=0 (integers)")
     parser.add_argument("--json", help="write the results here as well")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--matmul-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     settings = {k: int(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.child:
         print(json.dumps(measure(args.child, args.width, args.blocks, args.precision, args.device, settings)))
         return
+    if args.matmul_only:
+        print(json.dumps(matmul_rates(args.device)))
+        return
 
-    if args.device.startswith("cuda"):
-        n, repeat = 8192, 10
-        fp32, bf16 = (matmul_rate(t, n, repeat, args.device) for t in (torch.float32, torch.bfloat16))
-        where = f"{torch.cuda.get_device_name(args.device)}, matmul {n}²"
-    else:  # bf16 at 512² only: without native bf16 (AVX2 machines) a 2048² product takes minutes
-        fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, n=512, repeat=2)
-        where = f"{torch.get_num_threads()} threads, matmul fp32 2048², bf16 512²"
+    # in a process of its own too: a parent that has run torch's thread pool slows its children down (measured: a
+    # 1024² case took 3.3 s under such a parent and 2.65 s alone)
+    done = subprocess.run([sys.executable, __file__, "--matmul-only", "--device", args.device], capture_output=True,
+                          text=True, check=True)
+    fp32, bf16, where = json.loads(done.stdout)
     print(f"# {platform.machine()}, {where}, torch {torch.__version__}; "
           f"matmul: fp32 {fp32:.0f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s; network width {args.width}, "
           f"{args.blocks} blocks, {args.precision} on {args.device}"

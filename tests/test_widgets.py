@@ -256,8 +256,7 @@ def test_closing_the_viewer_stops_training_with_a_checkpoint(make_napari_viewer,
 
 
 def test_train_widget_trains_dcd_gan_and_restore_uses_it(make_napari_viewer, qtbot, unpaired_folders, tmp_path):
-    from napari_cdd_dehaze.gan.checkpoint import read_meta
-    from napari_cdd_dehaze.widgets.common import bundled_model_available
+    from napari_cdd_dehaze.gan.checkpoint import bundled_model_available, read_meta
 
     degraded, clean = unpaired_folders
     viewer = make_napari_viewer()

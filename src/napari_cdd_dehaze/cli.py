@@ -39,10 +39,10 @@ def _preset_and_start(args: argparse.Namespace) -> tuple[str, str | None]:
     preset_name = args.preset or ("finetune" if args.init else "cpu")
     init = args.init
     if preset_name == "finetune" and init is None and not args.resume:
-        from .gan.checkpoint import BUNDLED_WEIGHTS
+        from .gan.checkpoint import BUNDLED_FOR_METHOD, bundled_model_available
 
-        init = "derain" if args.method == "dcd-gan" else "default"
-        if not BUNDLED_WEIGHTS[init].is_file():
+        init = BUNDLED_FOR_METHOD[args.method or "cdd-gan"]
+        if not bundled_model_available(init):
             raise ValueError(f"the finetune preset continues a model, and no {init!r} model is bundled with this "
                              f"installation: give --init RUN_OR_FILE (a {args.method or 'cdd-gan'} model)")
         print(f"finetuning the bundled {init} model (--init {init})", file=sys.stderr)

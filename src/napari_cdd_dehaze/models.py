@@ -10,23 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .gan.checkpoint import BUNDLED_WEIGHTS, CheckpointError, load_restorer
+from .gan.checkpoint import BUNDLED_WEIGHTS, CheckpointError, bundled_file, bundled_model_available, load_restorer
 from .gan.networks import ResnetGenerator
 from .restore.classical import CLASSICAL, ClassicalDehazer
 
 BUILTIN_MODELS: dict[str, str] = {
     "default": "bundled CDD-GAN dehazing model",
-    **({"derain": "bundled DCD-GAN deraining model"} if BUNDLED_WEIGHTS["derain"].is_file() else {}),
+    **({"derain": "bundled DCD-GAN deraining model"} if bundled_model_available("derain") else {}),
     **{name: dehazer.label for name, dehazer in CLASSICAL.items()},
 }
-
-
-def _bundled_weights(name: str) -> Path:
-    file = BUNDLED_WEIGHTS[name]
-    if not file.is_file():
-        raise CheckpointError(f"no {name!r} model is bundled with this installation ({file} is missing); use 'dcp' "
-                              "or 'cap' (no training needed) or give a trained run, checkpoint or .safetensors file")
-    return file
 
 
 def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
@@ -39,7 +31,7 @@ def load_model(spec: str | Path) -> ResnetGenerator | ClassicalDehazer:
     if name in CLASSICAL:
         return CLASSICAL[name]
     if name in BUNDLED_WEIGHTS:
-        return load_restorer(_bundled_weights(name))
+        return load_restorer(bundled_file(name))
     if not Path(spec).exists():
         raise CheckpointError(f"{spec}: no such file or folder, and not a built-in model "
                               f"(built-in: {', '.join(BUILTIN_MODELS)})")
@@ -68,7 +60,7 @@ def describe_model(spec: str | Path) -> list[str]:
     name = str(spec)
     if name in CLASSICAL:
         return [f"{name}: {CLASSICAL[name].label}"]
-    file = _bundled_weights(name) if name in BUNDLED_WEIGHTS else resolve_model_path(spec)
+    file = bundled_file(name) if name in BUNDLED_WEIGHTS else resolve_model_path(spec)
     metadata = read_metadata(file)
     c = stored_config(file, metadata)
     lines = [f"{name}: {file}",

@@ -41,12 +41,27 @@ RESTORER_FILE = "restorer.safetensors"
 BUNDLED_WEIGHTS = {name: Path(__file__).parent.parent / "weights" / f"{name}.safetensors"
                    for name in ("default", "derain")}
 BUNDLED_ROLES = {"default": "the bundled dehazing model", "derain": "the bundled deraining model"}
+BUNDLED_FOR_METHOD = {"cdd-gan": "default", "dcd-gan": "derain"}  # the bundled model each method finetunes
 DEFAULT_WEIGHTS = BUNDLED_WEIGHTS["default"]
 
 
 def bundled_weights(spec: str | Path) -> Path | None:
     """The file of a bundled model when ``spec`` names one ("default", "derain"), else None."""
     return BUNDLED_WEIGHTS.get(str(spec))
+
+
+def bundled_model_available(name: str = "default") -> bool:
+    """Whether the bundled model ``name`` is installed (an installation may lack one)."""
+    return BUNDLED_WEIGHTS[name].is_file()
+
+
+def bundled_file(name: str) -> Path:
+    """The installed file of the bundled model ``name``, or a :class:`CheckpointError` that says it is missing."""
+    file = BUNDLED_WEIGHTS[name]
+    if not file.is_file():
+        raise CheckpointError(f"no {name!r} model is bundled with this installation ({file} is missing); use 'dcp' "
+                              "or 'cap' (no training needed) or give a trained run, checkpoint or .safetensors file")
+    return file
 
 
 class CheckpointError(ValueError):

@@ -34,6 +34,7 @@ from .checkpoint import (
     RESTORER_FIELDS,
     RESTORER_FILE,
     CheckpointError,
+    bundled_file,
     bundled_weights,
     checkpoint_path,
     latest_checkpoint,
@@ -163,9 +164,7 @@ class Trainer:
             raise ValueError("a config is needed unless resuming")
         self.start_model = describe_start(init_from, meta)  # what the run's weights started from, for its card
         if bundled_weights(init_from) is not None:  # a bundled model, by name as everywhere else
-            if not bundled_weights(init_from).is_file():
-                raise CheckpointError(f"no {str(init_from)!r} model is bundled with this installation")
-            init_from = bundled_weights(init_from)
+            init_from = bundled_file(str(init_from))
         if init_from is not None and checkpoint is None:  # finetuning keeps the starting model's network
             config = _take_network_of(config, init_from)
         self.config = config

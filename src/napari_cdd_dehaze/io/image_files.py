@@ -106,33 +106,27 @@ def declared_nodata(tags: list[tuple]) -> float | None:
     return None
 
 
-def declares_alpha(path: str | os.PathLike, shape: tuple[int, ...]) -> bool:
-    """Whether the file says that the last of its 2 or 4 channels is alpha: a PNG of grey+alpha or RGBA, a TIFF whose
-    ExtraSamples tag says associated or unassociated alpha (an unspecified extra sample is a band, e.g. NIR)."""
-    if len(shape) < 3 or shape[-1] not in (2, 4):
-        return False
+def declared_channels(path: str | os.PathLike, shape: tuple[int, ...]) -> str:
+    """What a file read as ``shape`` says of its channels, from one look at its header: "alpha" when the last of 2 or
+    4 channels is alpha (a PNG of grey+alpha or RGBA; a TIFF whose ExtraSamples tag says associated or unassociated
+    alpha: an unspecified extra sample is a band, e.g. NIR), "planar rgb" when a TIFF read as (3 or 4, Y, X) is
+    photometric RGB stored band by band (colour, not three grey planes), else ""."""
     suffix = Path(path).suffix.lower()
+    last = len(shape) >= 3 and shape[-1] in (2, 4)
+    first = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
     if suffix == ".png":
-        return True
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return any(int(kind) in (1, 2) for kind in tif.pages[0].extrasamples)
-    return False
-
-
-def declares_planar_rgb(path: str | os.PathLike, shape: tuple[int, ...]) -> bool:
-    """Whether a TIFF read as (3 or 4, Y, X) says that its planes are red, green, blue (photometric RGB stored
-    band by band): colour, not three grey planes."""
-    if Path(path).suffix.lower() not in (".tif", ".tiff") or len(shape) != 3 or shape[0] not in (3, 4) \
-            or shape[-1] in (3, 4):
-        return False
+        return "alpha" if last else ""
+    if suffix not in (".tif", ".tiff") or not (last or first):
+        return ""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        return int(page.photometric) == 2 and int(page.planarconfig) == 2  # RGB, separate planes
+        if last and any(int(kind) in (1, 2) for kind in page.extrasamples):
+            return "alpha"
+        if first and int(page.photometric) == 2 and int(page.planarconfig) == 2:  # RGB, separate planes
+            return "planar rgb"
+    return ""
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, extratags: list[tuple] = ()) -> None:

@@ -17,9 +17,8 @@ from napari_cdd_dehaze.io.image_files import (
     GEOREFERENCING_TAGS,
     IMAGE_SUFFIXES,
     ImageReadError,
+    declared_channels,
     declared_nodata,
-    declares_alpha,
-    declares_planar_rgb,
     kept_tiff_tags,
     mapped_tiff_output,
     read_image,
@@ -129,9 +128,10 @@ def restore_file(restorer: Restorer, source: Path, target: Path, options: Restor
     image = read_image(source, memory_map=True)
     layout = {} if bands is None else {"bands": bands, "channel_axis": band_axis(image.shape, bands)}
     layout["nodata"] = declared_nodata(tags) if nodata is None else nodata
-    if bands is None and declares_alpha(source, image.shape):  # alpha 0: no data there, copied as it is
+    channels = declared_channels(source, image.shape) if bands is None else ""
+    if channels == "alpha":  # alpha 0: no data there, copied as it is
         layout["valid"] = np.asarray(image[..., -1]) != 0
-    if bands is None and declares_planar_rgb(source, image.shape):  # (3, Y, X) that the file calls RGB: colour
+    elif channels == "planar rgb":  # (3, Y, X) that the file calls RGB: colour
         layout.update(bands=[0, 1, 2], channel_axis=0)
     target.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(image, np.memmap):

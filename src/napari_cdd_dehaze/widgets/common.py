@@ -8,12 +8,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import napari
 
-def bundled_model_available(name: str = "default") -> bool:
-    """Whether the bundled model ``name`` ("default", "derain") is installed."""
-    from napari_cdd_dehaze.gan.checkpoint import BUNDLED_WEIGHTS
-
-    return BUNDLED_WEIGHTS[name].is_file()
-
 
 def image_layer_choices(viewer: napari.viewer.Viewer) -> list[tuple[str, object]]:
     """(name, layer) for every Image layer, top of the layer list first."""

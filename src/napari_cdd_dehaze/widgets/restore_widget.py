@@ -11,7 +11,7 @@ from qtpy.QtCore import QTimer
 
 from napari_cdd_dehaze.imaging.devices import available_devices
 
-from .common import bundled_model_available, image_layer_choices, make_worker, notify_error, notify_info, run_label
+from .common import image_layer_choices, make_worker, notify_error, notify_info, run_label
 from .export_row import ExportRow
 from .settings import models_in_folder, remember, reset_settings, setting
 from .trained_models import TRAINED_MODELS
@@ -128,6 +128,7 @@ class RestoreWidget(Container):
 
     # ------------------------------------------------------------------ choices
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        from napari_cdd_dehaze.gan.checkpoint import bundled_model_available
         from napari_cdd_dehaze.models import BUILTIN_MODELS
 
         choices = [(label, name) for label, name in BUNDLED_CHOICES if bundled_model_available(name)]

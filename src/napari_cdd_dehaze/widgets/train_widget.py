@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 
-from napari_cdd_dehaze.gan.checkpoint import BUNDLED_WEIGHTS
+from napari_cdd_dehaze.gan.checkpoint import BUNDLED_FOR_METHOD, BUNDLED_WEIGHTS, bundled_model_available
 from napari_cdd_dehaze.gan.config import METHOD_PRESETS, preset
 from napari_cdd_dehaze.imaging.devices import available_devices
 
 from .common import (
-    bundled_model_available,
     format_seconds,
     image_layer_choices,
     make_worker,
@@ -29,7 +28,6 @@ from .trained_models import TRAINED_MODELS
 if TYPE_CHECKING:
     import napari
 
-BUNDLED_FOR_METHOD = {"cdd-gan": "default", "dcd-gan": "derain"}  # the bundled model each method finetunes
 PREVIEW_SIDE = 256        # the live preview restores a central crop of at most this many pixels a side
 PREVIEW_LAYER = "training preview"
 STOP_WAIT_S = 120         # on viewer close: how long to wait for the step in flight and the checkpoint

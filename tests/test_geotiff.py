@@ -86,6 +86,21 @@ def test_the_same_geotiff_without_rasterio_keeps_its_geotiff_tags_verbatim(tmp_p
         assert np.array_equal(b.read(4), scene[3])
 
 
+def test_a_nodata_value_given_on_the_command_line_is_left_out_like_the_files_own(tmp_path):
+    scene = _scene(np.random.default_rng(5), 3)
+    source = tmp_path / "scene.tif"
+    with rasterio.open(source, "w", driver="GTiff", width=scene.shape[2], height=scene.shape[1], count=3,
+                       dtype="uint16", crs=CRS.from_epsg(32633), transform=from_origin(500000, 5000000, 10, 10),
+                       photometric="RGB") as dst:  # no nodata declared
+        dst.write(scene)
+    assert main(["apply", str(source), "--out", str(tmp_path / "out"), "--method", "dcp", "--nodata", "0"]) == 0
+    with rasterio.open(tmp_path / "out" / "scene.tif") as b:
+        out, declared = b.read(), b.nodata
+    inner = scene[:, FRAME:-FRAME, FRAME:-FRAME]
+    alone = restore_array(load_model("dcp"), inner.transpose(1, 2, 0)).transpose(2, 0, 1)
+    assert declared == 0 and (out[:, :FRAME] == 0).all() and np.array_equal(out[:, FRAME:-FRAME, FRAME:-FRAME], alone)
+
+
 def test_the_declared_band_order_decides_what_the_model_sees(tmp_path):
     """Bands stored blue, green, red, NIR (as a Sentinel-2 stack often is): the model sees red, green, blue."""
     rgbn = _scene(np.random.default_rng(1), 4)

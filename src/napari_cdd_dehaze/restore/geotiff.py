@@ -96,7 +96,7 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
         rgb, alpha = declared_roles([c.name for c in src.colorinterp], src.descriptions)
         chosen = model_bands(count, rgb, alpha, bands, channels)
         value = src.nodata if nodata is None else nodata
-        masked = any(flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums) or nodata is not None
+        masked = any(flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)
         pixels = np.memmap(Path(scratch) / "input", dtype, "w+", shape=(h, w, count))
         valid = np.ones((h, w), bool) if masked else None
         for r0, r1 in _strips(h, w * count * dtype.itemsize):
@@ -106,8 +106,9 @@ def restore_geotiff(restorer, source: str | os.PathLike, target: str | os.PathLi
             if masked:
                 valid[r0:r1] = src.dataset_mask(window=window) != 0
         restored = np.memmap(Path(scratch) / "output", dtype, "w+", shape=(h, w, count))
-        # the mask holds every empty pixel; a float nodata value is also left out of the intensity range
-        kept_out = value if value is not None and dtype.kind == "f" else None
+        # the file's mask holds the pixels its own nodata marks, but not those of a value the user gives; a float
+        # nodata value is also left out of the intensity range
+        kept_out = nodata if nodata is not None else value if value is not None and dtype.kind == "f" else None
         if chosen is not None or alpha is None:
             restore_array(restorer, pixels, options, channel_axis=-1, out=restored, bands=chosen, nodata=kept_out,
                           valid=valid)
